@@ -1,0 +1,34 @@
+# Two commands from a fresh clone: `make train` and `make test`.
+# A virtual environment is created in .venv unless one is already active.
+ifdef VIRTUAL_ENV
+PY := $(VIRTUAL_ENV)/bin/python
+else
+PY := .venv/bin/python
+endif
+STAMP := $(dir $(PY)).nnrecipe-installed
+
+.PHONY: install train test test-all lint bench clean
+install: $(STAMP)
+$(STAMP): pyproject.toml
+	@[ -x $(PY) ] || python3 -m venv .venv
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	@touch $@
+
+train: $(STAMP)  ## the default job: convnet on the bundled digits, logged to W&B
+	$(PY) src/train.py $(ARGS)
+
+test: $(STAMP)  ## the fast test suite (slow end-to-end tests: make test-all)
+	$(PY) -m pytest -q $(ARGS)
+
+test-all: $(STAMP)
+	$(PY) -m pytest -q -m '' $(ARGS)
+
+lint: $(STAMP)
+	$(PY) -m ruff check .
+
+bench: $(STAMP)
+	$(PY) scripts/bench.py
+
+clean:
+	rm -rf outputs/*/ .pytest_cache

@@ -1,0 +1,192 @@
+"""The training loop: fit() and evaluate(), plain PyTorch, read top to bottom."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig
+from torch import nn
+from tqdm.auto import tqdm
+
+from nnrecipe import runtime
+from nnrecipe.checkpoint import save_checkpoint
+from nnrecipe.data import DataBundle, iterate_batches, num_batches
+from nnrecipe.errors import UserError
+from nnrecipe.optim import Schedule
+from nnrecipe.tracking import Tracker
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class Diverged(UserError):
+    """The training loss became NaN or infinite."""
+
+
+@dataclass
+class FitState:
+    """Everything fit() needs to continue exactly where it stopped."""
+
+    epoch: int = 0              # epochs completed
+    step: int = 0               # optimizer steps taken
+    best_val_loss: float = math.inf
+    best_val_acc: float = 0.0
+    best_epoch: int = -1
+    bad_epochs: int = 0         # epochs since the last improvement (early stopping)
+    history: list[dict] = field(default_factory=list)  # one dict of metrics per epoch
+
+
+def autocast(device: torch.device, precision: str):
+    if precision not in DTYPES:
+        raise UserError(f"trainer.precision={precision!r}: use fp32, bf16 or fp16")
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=DTYPES[precision])
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, split, batch_size: int, precision: str = "fp32",
+             num_workers: int = 0) -> dict[str, float]:
+    """Mean cross-entropy and accuracy of `model` over the whole split, in eval mode."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    for x, y in iterate_batches(split, batch_size, device=device, num_workers=num_workers):
+        with autocast(device, precision):
+            logits = model(x)
+        loss_sum += F.cross_entropy(logits.float(), y, reduction="sum")
+        correct += (logits.argmax(1) == y).sum()
+    model.train(was_training)
+    return {"loss": loss_sum.item() / len(split), "acc": correct.item() / len(split)}
+
+
+def fit(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    schedule: Schedule,
+    data: DataBundle,
+    trainer: DictConfig,
+    tracker: Tracker,
+    checkpoint_dir: Path | None,
+    seed: int = 0,
+    augment=None,
+    resume: dict | None = None,
+    config: dict | None = None,
+) -> FitState:
+    """Train for trainer.max_epochs, evaluating on the whole validation split after each epoch.
+
+    Checkpoints: `last.pt` after every epoch, `best.pt` whenever val/loss improves.
+    """
+    device = next(model.parameters()).device
+    net = torch.compile(model) if trainer.compile else model
+    scaler = torch.amp.GradScaler(device.type, enabled=trainer.precision == "fp16")
+    shuffle = torch.Generator().manual_seed(seed)  # batch order: its own stream, saved for resume
+    state = FitState()
+    if resume is not None:
+        state = _restore(resume, model, optimizer, schedule, scaler, shuffle)
+    log_every = max(1, trainer.get("log_every_n_steps", 25))
+    patience = trainer.early_stopping.patience
+    steps_per_epoch = num_batches(data.train, data.batch_size)
+    bar = tqdm(total=steps_per_epoch * trainer.max_epochs, initial=state.step, unit="step",
+               disable=None if trainer.progress else True, dynamic_ncols=True, leave=False)
+
+    for epoch in range(state.epoch, trainer.max_epochs):
+        bar.set_description(f"epoch {epoch + 1}/{trainer.max_epochs}")
+        model.train()
+        pending = []  # (step, lr, loss tensor): logged in blocks, one device sync per block
+        for x, y in iterate_batches(data.train, data.batch_size, shuffle=True, generator=shuffle,
+                                    device=device, num_workers=data.num_workers):
+            if augment is not None:
+                x, y = augment(x, y)
+            with autocast(device, trainer.precision):
+                loss = F.cross_entropy(net(x), y)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            if trainer.grad_clip_norm:
+                scaler.unscale_(optimizer)
+                nn.utils.clip_grad_norm_(model.parameters(), trainer.grad_clip_norm)
+            scaler.step(optimizer)
+            scaler.update()
+            state.step += 1
+            pending.append((state.step, schedule.lr, loss.detach()))
+            schedule.step()
+            if len(pending) == log_every:
+                _log_train_losses(pending, tracker, epoch, optimizer)
+                pending = []
+            bar.update()
+        _log_train_losses(pending, tracker, epoch, optimizer)
+
+        val = evaluate(model, data.val, trainer.eval_batch_size, trainer.precision,
+                       data.num_workers)
+        schedule.epoch_end(val["loss"])
+        state.epoch = epoch + 1
+        improved = val["loss"] < state.best_val_loss - trainer.early_stopping.min_delta
+        if improved:
+            state.best_val_loss, state.best_val_acc = val["loss"], val["acc"]
+            state.best_epoch, state.bad_epochs = state.epoch, 0
+        else:
+            state.bad_epochs += 1
+        metrics = {"epoch": state.epoch, "val/loss": val["loss"], "val/acc": val["acc"]}
+        state.history.append(metrics)
+        tracker.log(metrics, step=state.step)
+        bar.set_postfix({"val/loss": f"{val['loss']:.4f}", "val/acc": f"{val['acc']:.4f}"})
+
+        if checkpoint_dir is not None:
+            ckpt = _checkpoint(state, model, optimizer, schedule, scaler, shuffle, config)
+            save_checkpoint(checkpoint_dir / "last.pt", ckpt)
+            if improved:
+                save_checkpoint(checkpoint_dir / "best.pt", ckpt)
+        if patience is not None and state.bad_epochs >= patience:
+            tqdm.write(f"early stopping: val/loss has not improved for {patience} epochs")
+            break
+    bar.close()
+    return state
+
+
+def _log_train_losses(pending, tracker: Tracker, epoch: int, optimizer) -> None:
+    if not pending:
+        return
+    losses = torch.stack([loss for _, _, loss in pending]).float().tolist()
+    for (step, lr, _), loss in zip(pending, losses):
+        if not math.isfinite(loss):
+            raise Diverged(
+                f"train/loss became {loss} at step {step} (epoch {epoch + 1}). Lower the "
+                f"learning rate (optimizer.lr={optimizer.defaults.get('lr')}), set "
+                f"trainer.grad_clip_norm=1.0, or run the preflight checks to find the cause."
+            )
+        tracker.log({"train/loss": loss, "train/lr": lr}, step=step)
+
+
+def _checkpoint(state: FitState, model, optimizer, schedule, scaler, shuffle, config) -> dict:
+    return {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "schedule": schedule.state_dict(),
+        "scaler": scaler.state_dict(),
+        "fit_state": {k: v for k, v in vars(state).items()},
+        "rng": runtime.rng_state(),
+        "shuffle_rng": shuffle.get_state(),
+        "config": config,
+    }
+
+
+def _restore(ckpt: dict, model, optimizer, schedule, scaler, shuffle) -> FitState:
+    try:
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+    except (RuntimeError, ValueError, KeyError) as e:
+        raise UserError(
+            f"the checkpoint does not fit this model/optimizer ({e}). Resume with the same "
+            f"model and optimizer config as the run that wrote it."
+        ) from e
+    schedule.load_state_dict(ckpt["schedule"])
+    scaler.load_state_dict(ckpt["scaler"])
+    runtime.set_rng_state(ckpt["rng"])
+    shuffle.set_state(ckpt["shuffle_rng"])
+    return FitState(**ckpt["fit_state"])

@@ -1,0 +1,65 @@
+"""build_model: instantiate the configured model and prove its output fits the data."""
+
+from __future__ import annotations
+
+import torch
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+from torch import nn
+
+from nnrecipe.errors import UserError
+
+
+def build_model(cfg: DictConfig, example: torch.Tensor, num_classes: int) -> nn.Module:
+    """Build from `_target_` and check, on a 2-sample example batch, the shape of its output."""
+    try:
+        model = instantiate(cfg, _convert_="all")
+    except InstantiationException as e:
+        cause = e.__cause__
+        if isinstance(cause, UserError):
+            raise cause from None
+        raise UserError(f"could not build model {cfg.get('_target_')}: {cause or e}") from e
+    model.to(example.device)
+    was_training = model.training
+    model.eval()  # eval: no dropout draw, no BatchNorm update, the RNG stream stays untouched
+    with torch.no_grad():
+        try:
+            out = model(example[:2])
+        except Exception as e:
+            raise UserError(
+                f"model {cfg.get('_target_')} fails on input of shape {list(example[:2].shape)}: "
+                f"{type(e).__name__}: {e}"
+            ) from e
+    model.train(was_training)
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (2, num_classes):
+        shape = list(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise UserError(
+            f"model {cfg.get('_target_')} outputs {shape} for a batch of 2, but the data has "
+            f"{num_classes} classes: it must return logits of shape [batch, {num_classes}] "
+            f"(does its constructor use num_classes?)"
+        )
+    return model
+
+
+def classifier_head(model: nn.Module) -> nn.Linear | None:
+    """The final Linear layer: timm's get_classifier() where there is one, else the last Linear."""
+    if hasattr(model, "get_classifier"):
+        head = model.get_classifier()
+        if isinstance(head, nn.Linear):
+            return head
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    return linears[-1] if linears else None
+
+
+@torch.no_grad()
+def init_head_bias(model: nn.Module, train_labels: torch.Tensor, num_classes: int) -> bool:
+    """"Init well": set the head's bias to log class frequencies, so the loss at init is the
+    prior's entropy and the first steps are not spent learning the class balance."""
+    head = classifier_head(model)
+    if head is None or head.bias is None or head.bias.numel() != num_classes:
+        return False
+    counts = torch.bincount(train_labels.cpu(), minlength=num_classes).float()
+    prior = (counts + 1e-3) / (counts.sum() + 1e-3 * num_classes)
+    head.bias.copy_(prior.log().to(head.bias))
+    return True

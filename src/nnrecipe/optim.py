@@ -1,0 +1,89 @@
+"""Optimizer and learning-rate schedule builders."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+from torch import nn
+
+from nnrecipe.errors import UserError
+
+
+def build_optimizer(cfg: DictConfig, model: nn.Module) -> torch.optim.Optimizer:
+    if not cfg.get("lr", 0) > 0:
+        raise UserError(f"optimizer.lr must be positive, got {cfg.get('lr')}")
+    params = [p for p in model.parameters() if p.requires_grad]
+    return instantiate(cfg, params=params, _convert_="all")
+
+
+class Schedule:
+    """Learning rate = base lr x warmup x shape x plateau factor, updated every optimizer step.
+
+    Written by hand because torch's schedulers each own the lr: a per-step warmup cannot be
+    stacked on ReduceLROnPlateau, and SequentialLR does not resume cleanly. This is ~40 lines
+    and its whole state is three numbers.
+    """
+
+    def __init__(self, cfg: DictConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int,
+                 max_epochs: int):
+        if cfg.name not in ("constant", "cosine", "step", "plateau"):
+            raise UserError(f"unknown schedule.name={cfg.name!r}: constant|cosine|step|plateau")
+        self.cfg, self.optimizer = cfg, optimizer
+        self.steps_per_epoch = steps_per_epoch
+        self.total_steps = max(1, steps_per_epoch * max_epochs)
+        self.warmup_steps = round(cfg.get("warmup_epochs", 0) * steps_per_epoch)
+        self.base_lrs = [g["lr"] for g in optimizer.param_groups]
+        self.step_count, self.plateau_factor = 0, 1.0
+        self.best, self.bad_epochs = math.inf, 0
+        self._apply()
+
+    def multiplier(self, step: int) -> float:
+        warmup = min(1.0, (step + 1) / self.warmup_steps) if self.warmup_steps else 1.0
+        name = self.cfg.name
+        if name == "cosine":
+            t = min(1.0, max(0, step - self.warmup_steps) / max(1, self.total_steps - self.warmup_steps))
+            floor = self.cfg.get("min_lr_ratio", 0.0)
+            shape = floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * t))
+        elif name == "step":
+            shape = self.cfg.gamma ** (step // (self.cfg.step_epochs * self.steps_per_epoch))
+        else:
+            shape = 1.0
+        return warmup * shape * self.plateau_factor
+
+    def step(self) -> None:
+        """After each optimizer step."""
+        self.step_count += 1
+        self._apply()
+
+    def epoch_end(self, val_loss: float) -> None:
+        """Plateau: cut the lr by `factor` after `patience` epochs without improvement."""
+        if self.cfg.name != "plateau":
+            return
+        if val_loss < self.best * (1 - self.cfg.threshold):
+            self.best, self.bad_epochs = val_loss, 0
+        else:
+            self.bad_epochs += 1
+            if self.bad_epochs > self.cfg.patience:
+                self.plateau_factor *= self.cfg.factor
+                self.bad_epochs = 0
+        self._apply()
+
+    def _apply(self) -> None:
+        m = self.multiplier(self.step_count)
+        for group, base in zip(self.optimizer.param_groups, self.base_lrs):
+            group["lr"] = base * m
+
+    @property
+    def lr(self) -> float:
+        return self.optimizer.param_groups[0]["lr"]
+
+    def state_dict(self) -> dict:
+        keys = ("step_count", "plateau_factor", "best", "bad_epochs")
+        return {k: getattr(self, k) for k in keys}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._apply()

@@ -1,0 +1,113 @@
+"""Tracking: every run is a W&B run (online, or offline to sync later), or nothing at all."""
+
+from __future__ import annotations
+
+import logging
+import netrc
+import os
+from pathlib import Path
+from urllib.parse import urlparse
+
+log = logging.getLogger(__name__)
+
+
+class Tracker:
+    """What the rest of nnrecipe logs through. This base class keeps nothing (logger=none)."""
+
+    def log(self, metrics: dict, step: int | None = None) -> None: ...
+
+    def summary(self, values: dict) -> None: ...
+
+    def image(self, key: str, path: Path, caption: str | None = None) -> None: ...
+
+    def table(self, key: str, columns: list[str], rows: list[list]) -> None: ...
+
+    def finish(self, failed: bool = False) -> None: ...
+
+
+class WandbTracker(Tracker):
+    def __init__(self, run):
+        self.run = run
+
+    def log(self, metrics, step=None):
+        self.run.log(metrics, step=step)
+
+    def summary(self, values):
+        self.run.summary.update(values)
+
+    def image(self, key, path, caption=None):
+        import wandb
+
+        self.run.log({key: wandb.Image(str(path), caption=caption)})
+
+    def table(self, key, columns, rows):
+        import wandb
+
+        self.run.log({key: wandb.Table(columns=columns, data=rows)})
+
+    def finish(self, failed=False):
+        offline = self.run.settings.mode == "offline"
+        run_dir = Path(self.run.dir).parent
+        self.run.finish(exit_code=1 if failed else 0)
+        if offline:
+            log.info("W&B run saved offline. Upload it with:  wandb sync %s", run_dir)
+
+
+def wandb_mode() -> str:
+    """$WANDB_MODE if set; online when this machine has W&B credentials; otherwise offline."""
+    if os.environ.get("WANDB_MODE"):
+        return os.environ["WANDB_MODE"]
+    if os.environ.get("WANDB_API_KEY"):
+        return "online"
+    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname
+    try:
+        return "online" if netrc.netrc().authenticators(host) else "offline"
+    except (FileNotFoundError, netrc.NetrcParseError):
+        return "offline"
+
+
+def start_tracking(
+    logger_cfg,
+    run_dir: Path,
+    config: dict,
+    name: str,
+    group: str | None = None,
+    job_type: str | None = None,
+    tags: list[str] | None = None,
+) -> Tracker:
+    if logger_cfg.name == "none":
+        return Tracker()
+    import wandb  # slow to import: only when W&B is on
+
+    run = wandb.init(
+        project=logger_cfg.project,
+        entity=logger_cfg.get("entity"),
+        dir=str(run_dir),
+        config=config,
+        name=name,
+        group=group or logger_cfg.get("group"),
+        job_type=job_type or logger_cfg.get("job_type", "train"),
+        tags=list(tags or []) + list(logger_cfg.get("tags") or []),
+        mode=wandb_mode(),
+        reinit="finish_previous",  # sequential sweep trials in one process: never merge runs
+    )
+    return WandbTracker(run)
+
+
+def run_identity(cfg, hydra_cfg) -> dict:
+    """Name, group, job type and tags of the W&B run for this Hydra job (single or multirun)."""
+    choices = hydra_cfg.runtime.choices
+    name = "-".join(
+        [choices.get("model", "model"), choices.get("data", "data"), choices.get("optimizer", "")]
+        + [f"lr{cfg.optimizer.lr:g}", f"s{cfg.seed}"]
+    )
+    if str(hydra_cfg.mode) != "RunMode.MULTIRUN":
+        return {"name": name}
+    sweep = Path(hydra_cfg.sweep.dir)
+    overrides = list(hydra_cfg.overrides.task)
+    return {
+        "name": f"trial{hydra_cfg.job.num}-{name}",
+        "group": cfg.logger.get("group") or f"sweep-{sweep.parent.name}_{sweep.name}",
+        "job_type": "trial",
+        "tags": [o[:64] for o in overrides],
+    }

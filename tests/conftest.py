@@ -1,0 +1,54 @@
+"""Shared test helpers: compose the real config and run the real entry point, offline."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))  # this checkout's package first (worktrees too)
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("WANDB_SILENT", "true")
+
+
+def load_train_module():
+    spec = importlib.util.spec_from_file_location("nnrecipe_train_entry", ROOT / "src" / "train.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session")
+def train_module():
+    return load_train_module()
+
+
+@pytest.fixture
+def compose_cfg():
+    """compose_cfg(*overrides) -> the DictConfig src/train.py would get (logger off, quiet)."""
+    from hydra import compose, initialize_config_dir
+
+    def _compose(*overrides, logger="none"):
+        with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+            return compose(
+                "train", overrides=[f"logger={logger}", "trainer.progress=false", *overrides]
+            )
+
+    return _compose
+
+
+@pytest.fixture
+def run_train(train_module, compose_cfg, tmp_path):
+    """run_train(*overrides) -> (best val loss, run dir): one in-process training run."""
+
+    def _run(*overrides, logger="none", run_dir=None):
+        cfg = compose_cfg(*overrides, logger=logger)
+        run_dir = Path(run_dir or tmp_path / "run")
+        run_dir.mkdir(parents=True, exist_ok=True)
+        return train_module.train(cfg, run_dir), run_dir
+
+    return _run

@@ -52,3 +52,22 @@ def run_train(train_module, compose_cfg, tmp_path):
         return train_module.train(cfg, run_dir), run_dir
 
     return _run
+
+
+def wandb_inspect(run_dir: Path, summary: bool = True):
+    """Read an offline W&B run back with W&B's own CLI (`wandb leet inspect`)."""
+    import json
+    import subprocess
+
+    (run,) = Path(run_dir).glob("wandb/offline-run-*")
+    wandb_cli = Path(sys.executable).with_name("wandb")
+    args = [
+        str(wandb_cli),
+        "leet",
+        "inspect",
+        "--json",
+        *(["--summary"] if summary else []),
+        str(run),
+    ]
+    out = subprocess.run(args, capture_output=True, text=True, check=True).stdout
+    return json.loads(out) if summary else [json.loads(line) for line in out.splitlines() if line]

@@ -39,7 +39,9 @@ def flip_crop(x: torch.Tensor, padding: int, hflip: float) -> torch.Tensor:
         dx = torch.randint(0, 2 * padding + 1, (n, 1, 1, 1), device=x.device)
         rows = torch.arange(h, device=x.device).view(1, 1, h, 1) + dy
         cols = torch.arange(w, device=x.device).view(1, 1, 1, w) + dx
-        x = padded.gather(2, rows.expand(n, c, h, w + 2 * padding)).gather(3, cols.expand(n, c, h, w))
+        x = padded.gather(2, rows.expand(n, c, h, w + 2 * padding)).gather(
+            3, cols.expand(n, c, h, w)
+        )
     if hflip > 0:
         flip = torch.rand(n, 1, 1, 1, device=x.device) < hflip
         x = torch.where(flip, x.flip(-1), x)

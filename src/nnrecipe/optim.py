@@ -5,18 +5,17 @@ from __future__ import annotations
 import math
 
 import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig
 from torch import nn
 
-from nnrecipe.errors import UserError
+from nnrecipe.errors import UserError, instantiate
 
 
 def build_optimizer(cfg: DictConfig, model: nn.Module) -> torch.optim.Optimizer:
     if not cfg.get("lr", 0) > 0:
         raise UserError(f"optimizer.lr must be positive, got {cfg.get('lr')}")
     params = [p for p in model.parameters() if p.requires_grad]
-    return instantiate(cfg, params=params, _convert_="all")
+    return instantiate(cfg, "optimizer", params=params)
 
 
 class Schedule:
@@ -27,8 +26,13 @@ class Schedule:
     and its whole state is three numbers.
     """
 
-    def __init__(self, cfg: DictConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int,
-                 max_epochs: int):
+    def __init__(
+        self,
+        cfg: DictConfig,
+        optimizer: torch.optim.Optimizer,
+        steps_per_epoch: int,
+        max_epochs: int,
+    ):
         if cfg.name not in ("constant", "cosine", "step", "plateau"):
             raise UserError(f"unknown schedule.name={cfg.name!r}: constant|cosine|step|plateau")
         self.cfg, self.optimizer = cfg, optimizer
@@ -44,7 +48,9 @@ class Schedule:
         warmup = min(1.0, (step + 1) / self.warmup_steps) if self.warmup_steps else 1.0
         name = self.cfg.name
         if name == "cosine":
-            t = min(1.0, max(0, step - self.warmup_steps) / max(1, self.total_steps - self.warmup_steps))
+            t = min(
+                1.0, max(0, step - self.warmup_steps) / max(1, self.total_steps - self.warmup_steps)
+            )
             floor = self.cfg.get("min_lr_ratio", 0.0)
             shape = floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * t))
         elif name == "step":

@@ -26,7 +26,9 @@ def pick_device(name: str = "auto") -> torch.device:
         return torch.device("cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"trainer.device={name} but no CUDA GPU is visible: use trainer.device=auto")
+        raise UserError(
+            f"trainer.device={name} but no CUDA GPU is visible: use trainer.device=auto"
+        )
     return device
 
 
@@ -41,8 +43,11 @@ def set_threads(num_threads: int | None) -> int:
 
 
 def rng_state() -> dict:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(),
-             "torch": torch.get_rng_state()}
+    state = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state

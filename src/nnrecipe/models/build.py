@@ -3,23 +3,15 @@
 from __future__ import annotations
 
 import torch
-from hydra.errors import InstantiationException
-from hydra.utils import instantiate
 from omegaconf import DictConfig
 from torch import nn
 
-from nnrecipe.errors import UserError
+from nnrecipe.errors import UserError, instantiate
 
 
 def build_model(cfg: DictConfig, example: torch.Tensor, num_classes: int) -> nn.Module:
     """Build from `_target_` and check, on a 2-sample example batch, the shape of its output."""
-    try:
-        model = instantiate(cfg, _convert_="all")
-    except InstantiationException as e:
-        cause = e.__cause__
-        if isinstance(cause, UserError):
-            raise cause from None
-        raise UserError(f"could not build model {cfg.get('_target_')}: {cause or e}") from e
+    model = instantiate(cfg, "model")
     model.to(example.device)
     was_training = model.training
     model.eval()  # eval: no dropout draw, no BatchNorm update, the RNG stream stays untouched
@@ -54,7 +46,7 @@ def classifier_head(model: nn.Module) -> nn.Linear | None:
 
 @torch.no_grad()
 def init_head_bias(model: nn.Module, train_labels: torch.Tensor, num_classes: int) -> bool:
-    """"Init well": set the head's bias to log class frequencies, so the loss at init is the
+    """ "Init well": set the head's bias to log class frequencies, so the loss at init is the
     prior's entropy and the first steps are not spent learning the class balance."""
     head = classifier_head(model)
     if head is None or head.bias is None or head.bias.numel() != num_classes:

@@ -1,0 +1,90 @@
+"""Every option of every config group composes, and the composed values reach the objects."""
+
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+ROOT = Path(__file__).resolve().parents[1]
+GROUPS = ["data", "model", "optimizer", "schedule", "augmentation", "logger", "trainer"]
+OPTIONS = [(g, p.stem) for g in GROUPS for p in sorted((ROOT / "conf" / g).glob("*.yaml"))]
+
+
+@pytest.mark.parametrize(("group", "option"), OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
+def test_every_option_composes(compose_cfg, group, option):
+    overrides = [f"{group}={option}"]
+    if option == "image_folder":
+        overrides.append("data.root=/some/images")
+    cfg = compose_cfg(*overrides, logger="wandb" if group != "logger" else option)
+    resolved = OmegaConf.to_container(cfg, resolve=True)[group]  # interpolations resolve
+    own = OmegaConf.to_container(OmegaConf.load(ROOT / "conf" / group / f"{option}.yaml"))
+    for key, value in own.items():  # the option's own values reach the composed config
+        if (
+            key not in ("defaults", "progress")
+            and value != "???"
+            and not str(value).startswith("${")
+        ):
+            assert resolved[key] == value, key
+
+
+def test_defaults_are_the_recipes(compose_cfg):
+    cfg = compose_cfg()
+    assert cfg.optimizer._target_ == "torch.optim.Adam" and cfg.optimizer.lr == 3e-4
+    assert cfg.optimizer.weight_decay == 0
+    assert cfg.schedule.name == "constant" and cfg.schedule.warmup_epochs == 0
+    assert cfg.augmentation.name == "none"
+    assert cfg.data._target_.endswith("digits") and cfg.model._target_.endswith("ConvNet")
+    assert isinstance(cfg.seed, int) and cfg.trainer.compile is False
+
+
+@pytest.mark.parametrize("option", ["convnet", "linear", "mlp"])
+def test_model_receives_classes_and_channels_from_data(compose_cfg, option):
+    from nnrecipe.data import build_data, iterate_batches
+    from nnrecipe.models import build_model
+
+    cfg = compose_cfg(
+        f"model={option}",
+        "data=synthetic",
+        "data.shape=[2,12,12]",
+        "data.num_classes=7",
+        "data.num_samples=210",
+    )
+    data = build_data(cfg.data, seed=0)
+    x, _ = next(iterate_batches(data.train, 4))
+    model = build_model(cfg.model, x, data.num_classes)
+    assert model(x).shape == (4, 7)
+    assert cfg.model.in_chans == 2 and cfg.model.num_classes == 7
+
+
+def test_user_model_plugs_in_by_target(compose_cfg):
+    """A user's own class: model._target_=pkg.Class with num_classes, in_chans and its kwargs."""
+    from nnrecipe.data import build_data, iterate_batches
+    from nnrecipe.models import build_model
+
+    cfg = compose_cfg(
+        "model=linear",
+        "model._target_=test_config.TinyUserModel",
+        "~model.image_size",
+        "+model.hidden=5",
+    )
+    data = build_data(cfg.data, seed=0)
+    x, _ = next(iterate_batches(data.train, 3))
+    model = build_model(cfg.model, x, data.num_classes)
+    assert isinstance(model, TinyUserModel) and model.hidden == 5
+    assert model(x).shape == (3, 10)
+
+
+class TinyUserModel(torch.nn.Module):
+    def __init__(self, num_classes, in_chans, hidden=3):
+        super().__init__()
+        self.hidden = hidden
+        self.net = torch.nn.Sequential(
+            torch.nn.Flatten(),
+            torch.nn.LazyLinear(hidden),
+            torch.nn.ReLU(),
+            torch.nn.Linear(hidden, num_classes),
+        )
+
+    def forward(self, x):
+        return self.net(x)

@@ -1,0 +1,42 @@
+"""The learning-rate schedules have the shapes their names promise."""
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from nnrecipe.optim import Schedule
+
+
+def lrs(steps, epoch_losses=None, steps_per_epoch=10, max_epochs=10, **cfg):
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    schedule = Schedule(OmegaConf.create(cfg), opt, steps_per_epoch, max_epochs)
+    out = []
+    for i in range(steps):
+        out.append(schedule.lr)
+        schedule.step()
+        if epoch_losses and (i + 1) % steps_per_epoch == 0:
+            schedule.epoch_end(epoch_losses[i // steps_per_epoch])
+    return out
+
+
+def test_constant_with_linear_warmup():
+    lr = lrs(30, name="constant", warmup_epochs=1.0)
+    assert lr[0] == pytest.approx(0.1) and lr[9] == 1.0 and lr[29] == 1.0
+    assert all(b > a for a, b in zip(lr[:9], lr[1:10]))
+
+
+def test_cosine_decays_to_the_floor():
+    lr = lrs(100, name="cosine", warmup_epochs=0.0, min_lr_ratio=0.1)
+    assert lr[0] == 1.0 and lr[50] == pytest.approx(0.55, abs=0.02)
+    assert lr[99] == pytest.approx(0.1, abs=0.01) and lr == sorted(lr, reverse=True)
+
+
+def test_step_multiplies_by_gamma():
+    lr = lrs(60, name="step", warmup_epochs=0.0, step_epochs=2, gamma=0.5)
+    assert lr[19] == 1.0 and lr[20] == 0.5 and lr[40] == 0.25
+
+
+def test_plateau_cuts_after_patience_and_resumes():
+    losses = [1.0, 0.9, 0.9, 0.9, 0.9, 0.9]
+    lr = lrs(60, losses, name="plateau", warmup_epochs=0.0, factor=0.1, patience=2, threshold=0)
+    assert lr[49] == 1.0 and lr[50] == pytest.approx(0.1)

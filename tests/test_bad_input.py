@@ -106,3 +106,13 @@ def test_cli_prints_the_message_without_traceback_and_exits_nonzero(tmp_path):
     assert result.returncode == 1
     assert "nnrecipe: error: optimizer.lr must be positive" in result.stderr
     assert "Traceback" not in result.stderr + result.stdout
+
+
+def test_best_checkpoint_keeps_its_version_when_last_moves_on(tmp_path):
+    from nnrecipe.checkpoint import copy_checkpoint, load_checkpoint
+
+    save_checkpoint(tmp_path / "last.pt", {"model": {"w": torch.ones(1)}})
+    copy_checkpoint(tmp_path / "last.pt", tmp_path / "best.pt")
+    save_checkpoint(tmp_path / "last.pt", {"model": {"w": torch.zeros(1)}})
+    assert load_checkpoint(tmp_path / "best.pt")["model"]["w"].item() == 1.0
+    assert load_checkpoint(tmp_path / "last.pt")["model"]["w"].item() == 0.0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -21,6 +22,19 @@ def save_checkpoint(path: Path, state: dict) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def copy_checkpoint(source: Path, target: Path) -> None:
+    """Make `target` hold what `source` holds now, atomically: a hard link (no bytes copied;
+    later os.replace of `source` gives it a new inode, so `target` keeps this version),
+    or a plain copy where the file system has no hard links."""
+    tmp = target.with_name(f".{target.name}.link.tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(source, tmp)
+    except OSError:
+        shutil.copyfile(source, tmp)
+    os.replace(tmp, target)
 
 
 def load_checkpoint(path: str | Path, map_location="cpu") -> dict:

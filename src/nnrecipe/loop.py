@@ -14,7 +14,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from nnrecipe import runtime
-from nnrecipe.checkpoint import save_checkpoint
+from nnrecipe.checkpoint import copy_checkpoint, save_checkpoint
 from nnrecipe.data import DataBundle, iterate_batches, num_batches
 from nnrecipe.errors import UserError
 from nnrecipe.optim import Schedule
@@ -90,6 +90,8 @@ def fit(
     state = FitState()
     if resume is not None:
         state = _restore(resume, model, optimizer, schedule, scaler, shuffle)
+    # plain locals for the hot loop: each DictConfig lookup costs microseconds
+    precision, clip_norm = trainer.precision, trainer.grad_clip_norm
     log_every = max(1, trainer.get("log_every_n_steps", 25))
     patience = trainer.early_stopping.patience
     steps_per_epoch = num_batches(data.train, data.batch_size)
@@ -104,13 +106,13 @@ def fit(
                                     device=device, num_workers=data.num_workers):
             if augment is not None:
                 x, y = augment(x, y)
-            with autocast(device, trainer.precision):
+            with autocast(device, precision):
                 loss = F.cross_entropy(net(x), y)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
-            if trainer.grad_clip_norm:
+            if clip_norm:
                 scaler.unscale_(optimizer)
-                nn.utils.clip_grad_norm_(model.parameters(), trainer.grad_clip_norm)
+                nn.utils.clip_grad_norm_(model.parameters(), clip_norm)
             scaler.step(optimizer)
             scaler.update()
             state.step += 1
@@ -141,7 +143,7 @@ def fit(
             ckpt = _checkpoint(state, model, optimizer, schedule, scaler, shuffle, config)
             save_checkpoint(checkpoint_dir / "last.pt", ckpt)
             if improved:
-                save_checkpoint(checkpoint_dir / "best.pt", ckpt)
+                copy_checkpoint(checkpoint_dir / "last.pt", checkpoint_dir / "best.pt")
         if patience is not None and state.bad_epochs >= patience:
             tqdm.write(f"early stopping: val/loss has not improved for {patience} epochs")
             break

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from nnrecipe.errors import UserError, instantiate
@@ -35,10 +36,12 @@ class Schedule:
     ):
         if cfg.name not in ("constant", "cosine", "step", "plateau"):
             raise UserError(f"unknown schedule.name={cfg.name!r}: constant|cosine|step|plateau")
-        self.cfg, self.optimizer = cfg, optimizer
+        # plain Python values: reading a DictConfig on every step costs more than the step math
+        self.cfg = SimpleNamespace(**OmegaConf.to_container(cfg, resolve=True))
+        self.optimizer = optimizer
         self.steps_per_epoch = steps_per_epoch
         self.total_steps = max(1, steps_per_epoch * max_epochs)
-        self.warmup_steps = round(cfg.get("warmup_epochs", 0) * steps_per_epoch)
+        self.warmup_steps = round(getattr(self.cfg, "warmup_epochs", 0) * steps_per_epoch)
         self.base_lrs = [g["lr"] for g in optimizer.param_groups]
         self.step_count, self.plateau_factor = 0, 1.0
         self.best, self.bad_epochs = math.inf, 0
@@ -51,7 +54,7 @@ class Schedule:
             t = min(
                 1.0, max(0, step - self.warmup_steps) / max(1, self.total_steps - self.warmup_steps)
             )
-            floor = self.cfg.get("min_lr_ratio", 0.0)
+            floor = getattr(self.cfg, "min_lr_ratio", 0.0)
             shape = floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * t))
         elif name == "step":
             shape = self.cfg.gamma ** (step // (self.cfg.step_epochs * self.steps_per_epoch))

@@ -1,0 +1,92 @@
+"""nnrecipe's loop against a bare PyTorch loop: same model, data, batch size, same run.
+
+    python scripts/bench.py [--epochs 5] [--repeats 3]
+
+Prints the per-epoch time of each and their ratio (target: nnrecipe <= 1.05x bare). nnrecipe's
+epoch includes everything fit() does (validation, last.pt/best.pt checkpoints, loss logging);
+the bare loop does the same training and validation with nothing else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from hydra import compose, initialize_config_dir
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from nnrecipe import runtime  # noqa: E402
+from nnrecipe.data import build_data, iterate_batches  # noqa: E402
+from nnrecipe.loop import fit  # noqa: E402
+from nnrecipe.models import build_model  # noqa: E402
+from nnrecipe.optim import Schedule, build_optimizer  # noqa: E402
+from nnrecipe.tracking import Tracker  # noqa: E402
+
+
+def bare_epochs(model, data, epochs: int, lr: float) -> float:
+    """The loop everyone writes first: shuffle indices, slice, step; validate each epoch."""
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    x, y, bs = data.train.x, data.train.y, data.batch_size
+    start = time.perf_counter()
+    for _ in range(epochs):
+        model.train()
+        perm = torch.randperm(len(y))
+        for i in range(0, len(y), bs):
+            idx = perm[i : i + bs]
+            loss = F.cross_entropy(model(x[idx]), y[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        model.eval()
+        with torch.no_grad():
+            F.cross_entropy(model(data.val.x), data.val.y).item()
+    return (time.perf_counter() - start) / epochs
+
+
+def nnrecipe_epochs(model, cfg, data, epochs: int) -> float:
+    optimizer = build_optimizer(cfg.optimizer, model)
+    schedule = Schedule(cfg.schedule, optimizer, -(-len(data.train) // data.batch_size), epochs)
+    cfg.trainer.max_epochs = epochs
+    with tempfile.TemporaryDirectory() as tmp:
+        start = time.perf_counter()
+        fit(model, optimizer, schedule, data, cfg.trainer, Tracker(), Path(tmp))
+        return (time.perf_counter() - start) / epochs
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--models", nargs="+", default=["linear", "convnet"])
+    args = parser.parse_args()
+    runtime.set_threads(None)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, digits, "
+          f"{args.epochs} epochs x {args.repeats} repeats, median per-epoch seconds")
+    for name in args.models:
+        with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+            cfg = compose("train", [f"model={name}", "logger=none", "trainer.progress=false"])
+        data = build_data(cfg.data, cfg.seed)
+        example, _ = next(iterate_batches(data.train, 2))
+        times = {"bare": [], "nnrecipe": []}
+        for _ in range(args.repeats):  # interleaved, so drift in machine load hits both
+            torch.manual_seed(0)
+            times["bare"].append(bare_epochs(build_model(cfg.model, example, 10), data,
+                                             args.epochs, cfg.optimizer.lr))
+            torch.manual_seed(0)
+            times["nnrecipe"].append(nnrecipe_epochs(build_model(cfg.model, example, 10), cfg,
+                                                     data, args.epochs))
+        bare, ours = (statistics.median(times[k]) for k in ("bare", "nnrecipe"))
+        print(f"{name:8s} bare {bare * 1e3:7.1f} ms/epoch   nnrecipe {ours * 1e3:7.1f} ms/epoch"
+              f"   ratio {ours / bare:.3f}x")
+
+
+if __name__ == "__main__":
+    main()

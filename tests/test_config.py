@@ -16,6 +16,8 @@ def test_every_option_composes(compose_cfg, group, option):
     overrides = [f"{group}={option}"]
     if option == "image_folder":
         overrides.append("data.root=/some/images")
+    if option == "custom":
+        overrides.append("model._target_=mypkg.MyNet")
     cfg = compose_cfg(*overrides, logger="wandb" if group != "logger" else option)
     resolved = OmegaConf.to_container(cfg, resolve=True)[group]  # interpolations resolve
     own = OmegaConf.to_container(OmegaConf.load(ROOT / "conf" / group / f"{option}.yaml"))
@@ -62,12 +64,7 @@ def test_user_model_plugs_in_by_target(compose_cfg):
     from nnrecipe.data import build_data, iterate_batches
     from nnrecipe.models import build_model
 
-    cfg = compose_cfg(
-        "model=linear",
-        "model._target_=test_config.TinyUserModel",
-        "~model.image_size",
-        "+model.hidden=5",
-    )
+    cfg = compose_cfg("model=custom", "model._target_=test_config.TinyUserModel", "+model.hidden=5")
     data = build_data(cfg.data, seed=0)
     x, _ = next(iterate_batches(data.train, 3))
     model = build_model(cfg.model, x, data.num_classes)

@@ -128,19 +128,24 @@ def torchvision_set(
 
 
 def _scan_classes(folder: Path, class_names: list[str]) -> tuple[list[Path], list[int]]:
+    """Image files under folder/<class>/, each decoded once so broken files never reach a batch."""
+    from tqdm.auto import tqdm
+
+    found = [
+        (path, label)
+        for label, name in enumerate(class_names)
+        if (folder / name).is_dir()
+        for path in sorted((folder / name).rglob("*"))
+        if path.is_file() and is_image_file(path)
+    ]
     paths, targets, bad = [], [], []
-    for label, name in enumerate(class_names):
-        class_dir = folder / name
-        if not class_dir.is_dir():
+    for path, label in tqdm(found, desc=f"checking {folder.name}/", unit="img", disable=None,
+                            leave=False):
+        if unreadable_reason(path):
+            bad.append(str(path))
             continue
-        for path in sorted(p for p in class_dir.rglob("*") if p.is_file()):
-            if not is_image_file(path):
-                continue
-            if unreadable_reason(path):
-                bad.append(str(path))
-                continue
-            paths.append(path)
-            targets.append(label)
+        paths.append(path)
+        targets.append(label)
     warn_skipped(bad, "unreadable image files")
     return paths, targets
 

@@ -41,7 +41,8 @@ def test_search_configs_sample_every_swept_key_of_every_model(compose_cfg, searc
     sweeper = cfg.hydra.sweeper
     assert sweeper.direction == "maximize"  # follows the objective
     assert sweeper.sampler.seed == 0 and 0 < sweeper.max_failure_rate < 1
-    assert sweeper.sampler._target_.endswith("RandomSampler" if search == "random" else "TPESampler")
+    sampler = "RandomSampler" if search == "random" else "TPESampler"
+    assert sweeper.sampler._target_.endswith(sampler)
     params = sweeper.params
     assert params["optimizer.lr"].startswith("tag(log")
     models = params["model"].removeprefix("choice(").removesuffix(")").split(",")
@@ -142,7 +143,7 @@ def test_failures_are_counted_over_the_whole_sweep_not_per_batch():
     nan_job = launcher.launch([()], 2)[0]
     assert nan_job.status == JobStatus.FAILED  # so Optuna records FAIL instead of crashing
     with pytest.raises(ValueError, match="not a finite number"):
-        nan_job.return_value
+        _ = nan_job.return_value
     with pytest.raises(Diverged):  # the third failure is one more than allowed
         launcher.launch([()], 3)
     assert launcher.failures == 3

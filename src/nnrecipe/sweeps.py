@@ -249,7 +249,8 @@ def _metric_cells(t: Trial) -> list[str]:
 
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     widths = [max(len(str(c)) for c in col) for col in zip(header, *rows, strict=True)]
-    return ["  ".join(str(c).rjust(w) for c, w in zip(row, widths, strict=True)) for row in [header, *rows]]
+    return ["  ".join(str(c).rjust(w) for c, w in zip(row, widths, strict=True))
+            for row in [header, *rows]]
 
 
 def _plots(sweep_dir: Path, done: list[Trial], keys: list[str], objective: str,

@@ -61,7 +61,8 @@ def parse_overrides(overrides: list[str]) -> dict[str, str]:
 def swept_keys(sweep_dir: Path) -> list[str]:
     """Keys the sweep varies: sweeper params plus sweeps on the command line (`seed=0,1,2`).
 
-    Read from the sweep's multirun.yaml, which every Hydra launcher writes before the trials.
+    Read from the sweep's multirun.yaml, which Hydra's grid sweeper and nnrecipe's Optuna
+    sweeper write before the first trial starts.
     """
     path = Path(sweep_dir) / "multirun.yaml"
     if not path.exists():
@@ -118,7 +119,7 @@ def load_sweep(sweep_dir: Path) -> list[Trial]:
     if not sweep_dir.is_dir():
         raise UserError(f"{sweep_dir} is not a folder: pass a sweep folder (hydra.sweep.dir)")
     folders = sorted((p.parent.parent for p in sweep_dir.rglob(".hydra/overrides.yaml")),
-                     key=lambda p: str(p))
+                     key=lambda p: (int(p.name) if p.name.isdigit() else math.inf, str(p)))
     if not folders:
         raise UserError(
             f"{sweep_dir} holds no trial folders (<trial>/.hydra/overrides.yaml): pass the "
@@ -133,7 +134,8 @@ def _load_trial(folder: Path, index: int) -> Trial:
     num = int(folder.name) if folder.name.isdigit() else index
     metrics_path = folder / "metrics.json"
     if not metrics_path.exists():
-        return Trial(num, folder, overrides, config, "missing", error="no metrics.json")
+        return Trial(num, folder, overrides, config, "missing",
+                     error="no metrics.json: still running, or killed")
     metrics = json.loads(metrics_path.read_text())
     trial = Trial(num, folder, overrides, config, metrics["status"],
                   summary=metrics.get("summary", {}), history=metrics.get("history", []),
@@ -215,8 +217,9 @@ def compare(sweep_dir: Path, top: int = 5) -> str:
     ranked = rank(trials, direction)
     done = [t for t in ranked if t.objective is not None]
     lines = [f"{sweep_dir}: {len(trials)} trials, {len(done)} finished, "
-             f"{len(trials) - len(done)} failed; ranked by {objective} ({direction}; metrics of "
-             f"the best epoch, test/acc of its weights)", ""]
+             f"{len(trials) - len(done)} failed or unfinished",
+             f"ranked by {objective} ({direction}); val metrics of the best epoch, test/acc of "
+             f"its weights", ""]
     lines += _table(
         ["rank", "trial", *METRICS, *keys],
         [[str(i + 1) if t in done else "-", str(t.num), *_metric_cells(t),

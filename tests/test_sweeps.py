@@ -195,7 +195,7 @@ def test_compare_ranks_trials_lists_failures_and_plots(tmp_path):
     assert [r[1] for r in rows] == ["1", "3", "0", "2"]  # ranked by val/loss, failed last
     assert rows[0][:3] == ["1", "1", "0.3000"] and rows[-1][:3] == ["-", "2", "failed"]
     assert "trainer.max_epochs" not in report  # the same for every trial: not a swept column
-    header = next(line for line in lines if line.lstrip().startswith("rank"))
+    header = next(line for line in lines if line.lstrip().startswith("rank "))
     assert "optimizer.lr" in header and "model" in header
     assert "trial 2 failed: Diverged" in report
     assert (tmp_path / "objective_vs_hparams.png").stat().st_size > 1000

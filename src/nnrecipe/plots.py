@@ -64,7 +64,8 @@ def scatter_panels(
 ) -> Path:
     """One scatter panel per name: y against x, where x is numbers or category names.
 
-    Numbers spanning more than a decade (all positive) get a log axis, as learning rates need.
+    Numbers spanning more than a decade (all positive) get a log axis, as learning rates need
+    (and losses, when one diverging trial would squash all the others against zero).
     """
     ncols = min(3, max(1, len(panels)))
     nrows = math.ceil(len(panels) / ncols)
@@ -74,7 +75,7 @@ def scatter_panels(
     for ax, (name, (xs, ys)) in zip(axes.flat, panels.items(), strict=False):
         if all(isinstance(x, (int, float)) for x in xs):
             ax.scatter(xs, ys, alpha=0.8)
-            if min(xs) > 0 and max(xs) / min(xs) > 10:
+            if _spans_decades(xs):
                 ax.set_xscale("log")
         else:
             categories = sorted({str(x) for x in xs})
@@ -82,9 +83,15 @@ def scatter_panels(
             ax.set_xticks(range(len(categories)), categories)
         ax.set_xlabel(name)
         ax.set_ylabel(ylabel)
+        if _spans_decades(ys):
+            ax.set_yscale("log")
     if title:
         fig.suptitle(title, fontsize=10)
     return save(fig, path)
+
+
+def _spans_decades(values) -> bool:
+    return len(values) > 1 and min(values) > 0 and max(values) / min(values) > 10
 
 
 def learning_curves(

@@ -271,7 +271,7 @@ def _plots(sweep_dir: Path, done: list[Trial], keys: list[str], objective: str,
     if panels and done:
         written.append(plots.scatter_panels(panels, sweep_dir / "objective_vs_hparams.png",
                                             objective, f"{objective} per trial"))
-    best = {f"trial {t.num}": t.history for t in done[:top] if t.history}
+    best = {f"#{i + 1} trial {t.num}": t.history for i, t in enumerate(done[:top]) if t.history}
     if best:
         written.append(plots.learning_curves(best, sweep_dir / "learning_curves.png"))
     return written

@@ -105,9 +105,11 @@ def _carry_best_checkpoint(resume: Path, checkpoints: Path) -> None:
 def main(cfg: DictConfig) -> float:
     hc = HydraConfig.get()
     try:
-        if str(hc.mode) == "RunMode.MULTIRUN":  # parallel trials: one GPU each
+        if str(hc.mode) == "RunMode.MULTIRUN":  # parallel trials: one GPU, a share of the cores
             with open_dict(cfg):
                 cfg.trainer.device = runtime.spread_over_gpus(cfg.trainer.device, hc.job.num)
+                cfg.trainer.num_threads = runtime.share_cores(cfg.trainer.num_threads,
+                                                              hc.launcher.get("n_jobs"))
         return train(cfg, Path(hc.runtime.output_dir), run_identity(cfg, hc))
     except UserError as e:
         if str(hc.mode) == "RunMode.MULTIRUN":

@@ -123,6 +123,8 @@ def test_seed_grid_in_parallel_with_dataloader_workers_then_compared(tmp_path):
     assert [r["state"] for r in runs] == ["finished"] * 3
     assert {r["group"] for r in runs} == {"seeds"}
     assert [r["name"] for r in runs] == ["trial0-seed=0", "trial1-seed=1", "trial2-seed=2"]
+    cores = len(os.sched_getaffinity(0))
+    assert runs[0]["config"]["trainer"]["num_threads"] == max(1, cores // 2)  # a share each
 
     report = subprocess.run([sys.executable, str(ROOT / "scripts" / "compare_runs.py"), str(out)],
                             capture_output=True, text=True, check=True).stdout

@@ -162,6 +162,15 @@ def test_parallel_trials_spread_over_gpus(monkeypatch):
     assert runtime.spread_over_gpus("auto", 1) == "auto"
 
 
+def test_parallel_trials_share_the_cores(monkeypatch):
+    monkeypatch.setattr(runtime, "_cores", lambda: 16)
+    assert runtime.share_cores(None, 4) == 4
+    assert runtime.share_cores(None, -1) == 1  # joblib's n_jobs=-1: one trial per core
+    assert runtime.share_cores(None, 32) == 1
+    assert runtime.share_cores(None, None) is None  # sequential: all cores
+    assert runtime.share_cores(8, 4) == 8  # set by the user: kept
+
+
 # --- offline comparison ------------------------------------------------------------------------
 
 

@@ -46,9 +46,22 @@ def spread_over_gpus(name: str, job_num: int) -> str:
     return f"cuda:{index}"
 
 
+def share_cores(num_threads: int | None, parallel_jobs: int | None) -> int | None:
+    """CPU threads for one of `parallel_jobs` trials running side by side (joblib's n_jobs; -1:
+    one per core): an equal share of the cores, unless trainer.num_threads is set."""
+    if num_threads is not None or parallel_jobs in (None, 0, 1):
+        return num_threads
+    cores = _cores()
+    return max(1, cores // (cores if parallel_jobs < 0 else parallel_jobs))
+
+
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+
+
 def set_threads(num_threads: int | None) -> int:
     """Use `num_threads` CPU threads, never more than the machine's cores."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cores = _cores()
     n = min(num_threads or cores, cores)
     if n < 1:
         raise UserError(f"trainer.num_threads must be positive, got {num_threads}")

@@ -4,7 +4,8 @@
     python src/train.py model=mlp optimizer=sgd optimizer.lr=0.1
     python src/train.py -m hparams_search=random         # a random-search sweep
 
-Returns the best val/loss, the objective Hydra's sweepers minimise.
+Returns the objective (`objective`: the best epoch's val/loss, or its val/acc) that Hydra's
+sweepers optimise; a sweep's trial also leaves metrics.json for scripts/compare_runs.py.
 """
 
 from __future__ import annotations
@@ -16,46 +17,56 @@ from pathlib import Path
 import hydra
 import torch
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from nnrecipe import runtime
 from nnrecipe.augment import build_augmentation
 from nnrecipe.checkpoint import load_checkpoint
 from nnrecipe.data import build_data, iterate_batches, num_batches
 from nnrecipe.errors import UserError
-from nnrecipe.loop import evaluate, fit
+from nnrecipe.loop import Diverged, evaluate, fit
 from nnrecipe.models import build_model, init_head_bias
 from nnrecipe.optim import Schedule, build_optimizer
+from nnrecipe.sweeps import objective_direction, objective_value, write_metrics
 from nnrecipe.tracking import run_identity, start_tracking
 
 log = logging.getLogger("nnrecipe")
 
 
 def train(cfg: DictConfig, run_dir: Path, identity: dict | None = None) -> float:
+    """Train one run; return its objective (cfg.objective of the best epoch) for a sweeper."""
     runtime.seed_everything(cfg.seed)
     runtime.set_threads(cfg.trainer.num_threads)
+    objective = cfg.get("objective", "val/loss")
+    objective_direction(objective)  # a bad objective fails before any work
     device = runtime.pick_device(cfg.trainer.device)
 
-    # Build: one object per config group.
-    data = build_data(cfg.data, cfg.seed, device)
-    example, _ = next(iterate_batches(data.train, 2, device=device))
-    model = build_model(cfg.model, example, data.num_classes)
-    if cfg.init.head_bias == "prior":
-        init_head_bias(model, data.train.labels, data.num_classes)
-    optimizer = build_optimizer(cfg.optimizer, model)
-    steps_per_epoch = num_batches(data.train, data.batch_size)
-    schedule = Schedule(cfg.schedule, optimizer, steps_per_epoch, cfg.trainer.max_epochs)
-    augment = build_augmentation(cfg.augmentation, data)
-    resume = load_checkpoint(cfg.trainer.resume) if cfg.trainer.resume else None
-    checkpoints = run_dir / "checkpoints"
-    if resume is not None:
-        _carry_best_checkpoint(Path(cfg.trainer.resume), checkpoints)
-
+    # The W&B run starts first, so that a run failing anywhere below is a failed W&B run.
     config = OmegaConf.to_container(cfg, resolve=True)
     tracker = start_tracking(cfg.logger, run_dir, config, **(identity or {"name": run_dir.name}))
     try:
+        # Build: one object per config group.
+        data = build_data(cfg.data, cfg.seed, device)
+        config = OmegaConf.to_container(cfg, resolve=True)
+        tracker.update_config(config)  # with the values found while loading the data
+        example, _ = next(iterate_batches(data.train, 2, device=device))
+        model = build_model(cfg.model, example, data.num_classes)
+        if cfg.init.head_bias == "prior":
+            init_head_bias(model, data.train.labels, data.num_classes)
+        optimizer = build_optimizer(cfg.optimizer, model)
+        steps_per_epoch = num_batches(data.train, data.batch_size)
+        schedule = Schedule(cfg.schedule, optimizer, steps_per_epoch, cfg.trainer.max_epochs)
+        augment = build_augmentation(cfg.augmentation, data)
+        resume = load_checkpoint(cfg.trainer.resume) if cfg.trainer.resume else None
+        checkpoints = run_dir / "checkpoints"
+        if resume is not None:
+            _carry_best_checkpoint(Path(cfg.trainer.resume), checkpoints)
+
         state = fit(model, optimizer, schedule, data, cfg.trainer, tracker, checkpoints,
                     seed=cfg.seed, augment=augment, resume=resume, config=config)
+        if state.best_epoch < 0:
+            raise Diverged("no epoch reached a finite val/loss: lower optimizer.lr or check the "
+                           "data (trainer.max_epochs must be at least 1)")
 
         # Test once, with the weights that had the best val/loss.
         if (checkpoints / "best.pt").exists():
@@ -63,18 +74,22 @@ def train(cfg: DictConfig, run_dir: Path, identity: dict | None = None) -> float
         test = evaluate(model, data.test, cfg.trainer.eval_batch_size, cfg.trainer.precision,
                         data.num_workers)
         tracker.log({"test/loss": test["loss"], "test/acc": test["acc"]}, step=state.step)
-        tracker.summary({"best/val_loss": state.best_val_loss, "best/val_acc": state.best_val_acc,
-                         "best/epoch": state.best_epoch, "test/loss": test["loss"],
-                         "test/acc": test["acc"]})
-    except BaseException:
+        summary = {"best/val_loss": state.best_val_loss, "best/val_acc": state.best_val_acc,
+                   "best/epoch": state.best_epoch, "test/loss": test["loss"],
+                   "test/acc": test["acc"]}
+        tracker.summary(summary)
+        value = objective_value(objective, state.best_val_loss, state.best_val_acc)
+    except BaseException as e:
+        write_metrics(run_dir, "failed", error=f"{type(e).__name__}: {e}")
         tracker.finish(failed=True)
         raise
+    write_metrics(run_dir, "finished", objective=value, summary=summary, history=state.history)
     tracker.finish()
     log.info("best epoch %d/%d: val/loss %.4f  val/acc %.4f", state.best_epoch, state.epoch,
              state.best_val_loss, state.best_val_acc)
     log.info("test (best.pt): test/loss %.4f  test/acc %.4f", test["loss"], test["acc"])
     log.info("run folder: %s", run_dir)
-    return state.best_val_loss
+    return value
 
 
 def _carry_best_checkpoint(resume: Path, checkpoints: Path) -> None:
@@ -90,6 +105,11 @@ def _carry_best_checkpoint(resume: Path, checkpoints: Path) -> None:
 def main(cfg: DictConfig) -> float:
     hc = HydraConfig.get()
     try:
+        if str(hc.mode) == "RunMode.MULTIRUN":  # parallel trials: one GPU, a share of the cores
+            with open_dict(cfg):
+                cfg.trainer.device = runtime.spread_over_gpus(cfg.trainer.device, hc.job.num)
+                cfg.trainer.num_threads = runtime.share_cores(cfg.trainer.num_threads,
+                                                              hc.launcher.get("n_jobs"))
         return train(cfg, Path(hc.runtime.output_dir), run_identity(cfg, hc))
     except UserError as e:
         if str(hc.mode) == "RunMode.MULTIRUN":

@@ -57,3 +57,54 @@ def save(fig, path: Path) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def scatter_panels(
+    panels: dict[str, tuple[list, list[float]]], path: Path, ylabel: str, title: str = ""
+) -> Path:
+    """One scatter panel per name: y against x, where x is numbers or category names.
+
+    Numbers spanning more than a decade (all positive) get a log axis, as learning rates need
+    (and losses, when one diverging trial would squash all the others against zero).
+    """
+    ncols = min(3, max(1, len(panels)))
+    nrows = math.ceil(len(panels) / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4 * ncols, 3 * nrows), squeeze=False)
+    for ax in axes.flat[len(panels):]:
+        ax.axis("off")
+    for ax, (name, (xs, ys)) in zip(axes.flat, panels.items(), strict=False):
+        if all(isinstance(x, (int, float)) for x in xs):
+            ax.scatter(xs, ys, alpha=0.8)
+            if _spans_decades(xs):
+                ax.set_xscale("log")
+        else:
+            categories = sorted({str(x) for x in xs})
+            ax.scatter([categories.index(str(x)) for x in xs], ys, alpha=0.8)
+            ax.set_xticks(range(len(categories)), categories)
+        ax.set_xlabel(name)
+        ax.set_ylabel(ylabel)
+        if _spans_decades(ys):
+            ax.set_yscale("log")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return save(fig, path)
+
+
+def _spans_decades(values) -> bool:
+    return len(values) > 1 and min(values) > 0 and max(values) / min(values) > 10
+
+
+def learning_curves(
+    histories: dict[str, list[dict]], path: Path, metrics: tuple[str, ...] = ("val/loss", "val/acc")
+) -> Path:
+    """One panel per metric, one line per run: the metric after each epoch."""
+    fig, axes = plt.subplots(1, len(metrics), figsize=(5 * len(metrics), 3.5), squeeze=False)
+    for ax, metric in zip(axes.flat, metrics, strict=True):
+        for label, history in histories.items():
+            points = [(h["epoch"], h[metric]) for h in history if metric in h]
+            if points:
+                ax.plot(*zip(*points, strict=True), marker="o", markersize=3, label=label)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(metric)
+    axes.flat[0].legend(fontsize=7)
+    return save(fig, path)

@@ -32,9 +32,38 @@ def pick_device(name: str = "auto") -> torch.device:
     return device
 
 
+def spread_over_gpus(name: str, job_num: int) -> str:
+    """trainer.device for sweep trial `job_num`: with several GPUs, parallel trials use one each.
+
+    `cuda:<job_num mod GPUs>` when the device is auto (or cuda) and more than one GPU is visible;
+    on a SLURM node each job sees only its own GPU, so it stays on cuda:0.
+    """
+    if name not in ("auto", "cuda") or not torch.cuda.is_available():
+        return name
+    count = torch.cuda.device_count()
+    if count < 2:
+        return name
+    index = job_num % count
+    torch.cuda.set_device(index)  # CUDA context and pinned memory on that GPU, not GPU 0
+    return f"cuda:{index}"
+
+
+def share_cores(num_threads: int | None, parallel_jobs: int | None) -> int | None:
+    """CPU threads for one of `parallel_jobs` trials running side by side (joblib's n_jobs; -1:
+    one per core): an equal share of the cores, unless trainer.num_threads is set."""
+    if num_threads is not None or parallel_jobs in (None, 0, 1):
+        return num_threads
+    cores = _cores()
+    return max(1, cores // (cores if parallel_jobs < 0 else parallel_jobs))
+
+
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+
+
 def set_threads(num_threads: int | None) -> int:
     """Use `num_threads` CPU threads, never more than the machine's cores."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cores = _cores()
     n = min(num_threads or cores, cores)
     if n < 1:
         raise UserError(f"trainer.num_threads must be positive, got {num_threads}")

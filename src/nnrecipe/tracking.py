@@ -18,6 +18,8 @@ class Tracker:
 
     def summary(self, values: dict) -> None: ...
 
+    def update_config(self, config: dict) -> None: ...
+
     def image(self, key: str, path: Path, caption: str | None = None) -> None: ...
 
     def table(self, key: str, columns: list[str], rows: list[list]) -> None: ...
@@ -34,6 +36,9 @@ class WandbTracker(Tracker):
 
     def summary(self, values):
         self.run.summary.update(values)
+
+    def update_config(self, config):
+        self.run.config.update(config, allow_val_change=True)
 
     def image(self, key, path, caption=None):
         import wandb
@@ -74,11 +79,14 @@ def start_tracking(
     group: str | None = None,
     job_type: str | None = None,
     tags: list[str] | None = None,
+    overrides: list[str] | None = None,
 ) -> Tracker:
     if logger_cfg.name == "none":
         return Tracker()
     import wandb  # slow to import: only when W&B is on
 
+    if overrides is not None:  # the command-line (or sweeper) overrides that made this run
+        config = {**config, "overrides": list(overrides)}
     run = wandb.init(
         project=logger_cfg.project,
         entity=logger_cfg.get("entity"),
@@ -95,19 +103,28 @@ def start_tracking(
 
 
 def run_identity(cfg, hydra_cfg) -> dict:
-    """Name, group, job type and tags of the W&B run for this Hydra job (single or multirun)."""
+    """Name, group, job type, tags and overrides of the W&B run for this Hydra job.
+
+    A multirun trial (sweeper or grid) is named after its number and swept values, grouped by
+    its sweep (logger.group, or the sweep folder's name) and tagged with the fixed overrides.
+    """
     choices = hydra_cfg.runtime.choices
+    overrides = list(hydra_cfg.overrides.task)
     name = "-".join(
         [choices.get("model", "model"), choices.get("data", "data"), choices.get("optimizer", "")]
         + [f"lr{cfg.optimizer.lr:g}", f"s{cfg.seed}"]
     )
     if str(hydra_cfg.mode) != "RunMode.MULTIRUN":
-        return {"name": name}
+        return {"name": name, "overrides": overrides}
+    from nnrecipe.sweeps import parse_overrides, swept_keys, trial_name
+
     sweep = Path(hydra_cfg.sweep.dir)
-    overrides = list(hydra_cfg.overrides.task)
+    values = parse_overrides(overrides)
+    keys = [k for k in swept_keys(sweep) if k in values] or list(values)
     return {
-        "name": f"trial{hydra_cfg.job.num}-{name}",
-        "group": cfg.logger.get("group") or f"sweep-{sweep.parent.name}_{sweep.name}",
+        "name": trial_name(hydra_cfg.job.num, {k: values[k] for k in keys}),
+        "group": cfg.logger.get("group") or sweep.name,
         "job_type": "trial",
-        "tags": [o[:64] for o in overrides],
+        "tags": [o[:64] for o in overrides if o.partition("=")[0].lstrip("+~") not in keys],
+        "overrides": overrides,
     }

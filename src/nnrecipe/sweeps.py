@@ -1,0 +1,277 @@
+"""Recipe step 5, tune: what a sweep's trials were, how they did, and how they compare.
+
+A sweep folder (Hydra's `hydra.sweep.dir`) holds one folder per trial: `.hydra/overrides.yaml`
+(what the sweeper chose), `.hydra/config.yaml` (the composed config) and `metrics.json` (written
+by src/train.py: status, history and summary). Everything here reads only those files, so a sweep
+can be compared offline, with or without W&B.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from nnrecipe.errors import UserError
+
+OBJECTIVES = {"val/loss": "minimize", "val/acc": "maximize"}
+# What a trial is compared on: the best epoch's val/loss and val/acc, and test/acc of best.pt.
+METRICS = {"val/loss": "best/val_loss", "val/acc": "best/val_acc", "test/acc": "test/acc"}
+
+
+def objective_direction(objective: str) -> str:
+    if objective not in OBJECTIVES:
+        raise UserError(f"objective={objective!r}: use one of {', '.join(OBJECTIVES)}")
+    return OBJECTIVES[objective]
+
+
+def objective_value(objective: str, best_val_loss: float, best_val_acc: float) -> float:
+    """What train() returns to a sweeper: the best epoch's val/loss, or its val/acc."""
+    objective_direction(objective)
+    return best_val_loss if objective == "val/loss" else best_val_acc
+
+
+def write_metrics(run_dir: Path, status: str, **fields) -> Path:
+    """metrics.json: what compare_runs reads, whether or not W&B was on. Atomic (parallel runs)."""
+    path = Path(run_dir) / "metrics.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps({"status": status, **fields}, indent=1, default=float))
+    tmp.replace(path)
+    return path
+
+
+# --- the trial's own identity (used while it runs) ---------------------------------------------
+
+
+def parse_overrides(overrides: list[str]) -> dict[str, str]:
+    """['optimizer.lr=0.01', '+x=1', '~y'] -> {'optimizer.lr': '0.01', 'x': '1'}."""
+    parsed = {}
+    for o in overrides:
+        key, sep, value = o.partition("=")
+        if sep:
+            parsed[key.lstrip("+~")] = value
+    return parsed
+
+
+def swept_keys(sweep_dir: Path) -> list[str]:
+    """Keys the sweep varies: sweeper params plus sweeps on the command line (`seed=0,1,2`).
+
+    Read from the sweep's multirun.yaml, which Hydra's grid sweeper and nnrecipe's Optuna
+    sweeper write before the first trial starts.
+    """
+    path = Path(sweep_dir) / "multirun.yaml"
+    if not path.exists():
+        return []
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    cfg = yaml.safe_load(path.read_text())["hydra"]
+    params = (cfg.get("sweeper") or {}).get("params") or {}
+    candidates = [f"{k}={v}" for k, v in params.items()] + list(cfg["overrides"]["task"])
+    swept = {}  # the command line comes last and wins: `model=mlp` takes model out of the search
+    for override in OverridesParser.create().parse_overrides(candidates):
+        swept[override.get_key_element().lstrip("+~")] = override.is_sweep_override()
+    return [key for key, is_sweep in swept.items() if is_sweep]
+
+
+def trial_name(num: int, values: dict[str, str]) -> str:
+    """trial3-mlp-lr=0.0021-batch_size=64: the trial number and its swept values, short."""
+    parts = [f"trial{num}"]
+    for key, value in values.items():
+        short = _short_value(value)
+        parts.append(short if "." not in key and key != "seed" else f"{key.split('.')[-1]}={short}")
+    return "-".join(parts)
+
+
+def _short_value(value: str) -> str:
+    try:
+        return str(int(value))
+    except ValueError:
+        pass
+    try:
+        return f"{float(value):.3g}"
+    except ValueError:
+        return value
+
+
+# --- reading a finished sweep ------------------------------------------------------------------
+
+
+@dataclass
+class Trial:
+    num: int
+    folder: Path
+    overrides: dict[str, str]
+    config: dict
+    status: str                       # finished | failed | missing (no metrics.json)
+    summary: dict = field(default_factory=dict)
+    history: list[dict] = field(default_factory=list)
+    error: str | None = None
+    objective: float | None = None    # None unless the trial finished
+
+
+def load_sweep(sweep_dir: Path) -> list[Trial]:
+    sweep_dir = Path(sweep_dir)
+    if not sweep_dir.is_dir():
+        raise UserError(f"{sweep_dir} is not a folder: pass a sweep folder (hydra.sweep.dir)")
+    folders = sorted((p.parent.parent for p in sweep_dir.rglob(".hydra/overrides.yaml")),
+                     key=lambda p: (int(p.name) if p.name.isdigit() else math.inf, str(p)))
+    if not folders:
+        raise UserError(
+            f"{sweep_dir} holds no trial folders (<trial>/.hydra/overrides.yaml): pass the "
+            f"folder of a multirun, e.g. outputs/multirun/<date>_<time>"
+        )
+    return [_load_trial(folder, i) for i, folder in enumerate(folders)]
+
+
+def _load_trial(folder: Path, index: int) -> Trial:
+    overrides = parse_overrides(yaml.safe_load((folder / ".hydra/overrides.yaml").read_text()))
+    config = yaml.safe_load((folder / ".hydra/config.yaml").read_text()) or {}
+    num = int(folder.name) if folder.name.isdigit() else index
+    metrics_path = folder / "metrics.json"
+    if not metrics_path.exists():
+        return Trial(num, folder, overrides, config, "missing",
+                     error="no metrics.json: still running, or killed")
+    metrics = json.loads(metrics_path.read_text())
+    trial = Trial(num, folder, overrides, config, metrics["status"],
+                  summary=metrics.get("summary", {}), history=metrics.get("history", []),
+                  error=metrics.get("error"))
+    if trial.status == "finished":
+        trial.objective = metrics.get("objective")
+    return trial
+
+
+def objective_of(trials: list[Trial]) -> str:
+    objectives = {t.config.get("objective", "val/loss") for t in trials}
+    if len(objectives) > 1:
+        raise UserError(f"the trials optimise different objectives ({sorted(objectives)})")
+    return objectives.pop()
+
+
+def varying_keys(trials: list[Trial]) -> list[str]:
+    """Override keys whose value differs between trials (or all of them, for a single trial)."""
+    keys = []
+    for t in trials:
+        keys += [k for k in t.overrides if k not in keys]
+    if len(trials) < 2:
+        return keys
+    return [k for k in keys if len({t.overrides.get(k) for t in trials}) > 1]
+
+
+def rank(trials: list[Trial], direction: str) -> list[Trial]:
+    """Finished trials best first, then the others in trial order."""
+    done = [t for t in trials if t.objective is not None and math.isfinite(t.objective)]
+    done.sort(key=lambda t: t.objective, reverse=direction == "maximize")
+    return done + [t for t in trials if t not in done]
+
+
+@dataclass
+class SeedGroup:
+    values: dict[str, str]          # the swept values shared by the group, seed left out
+    trials: list[Trial]
+    stats: dict[str, tuple[float, float]]  # metric (val/loss, val/acc, test/acc) -> mean, std
+
+
+def aggregate_seeds(trials: list[Trial], keys: list[str], direction: str) -> list[SeedGroup]:
+    """Finished trials that differ only by seed, grouped: mean ± std of each metric. Best first."""
+    groups: dict[tuple, list[Trial]] = {}
+    for t in trials:
+        if t.objective is not None:
+            values = tuple((k, t.overrides.get(k)) for k in keys if k != "seed")
+            groups.setdefault(values, []).append(t)
+    result = []
+    for values, members in groups.items():
+        stats = {m: _mean_std([t.summary.get(key, math.nan) for t in members])
+                 for m, key in METRICS.items()}
+        result.append(SeedGroup(dict(values), members, stats))
+    objective = {"minimize": "val/loss", "maximize": "val/acc"}[direction]
+    result.sort(key=lambda g: g.stats[objective][0], reverse=direction == "maximize")
+    return result
+
+
+def _mean_std(xs: list[float]) -> tuple[float, float]:
+    return statistics.fmean(xs), statistics.stdev(xs) if len(xs) > 1 else 0.0
+
+
+def as_number(value: str | None) -> float | None:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+# --- the comparison (scripts/compare_runs.py) --------------------------------------------------
+
+
+def compare(sweep_dir: Path, top: int = 5) -> str:
+    """Rank a sweep's trials, aggregate seeds, write plots into the sweep folder; the report."""
+    sweep_dir = Path(sweep_dir)
+    trials = load_sweep(sweep_dir)
+    objective = objective_of(trials)
+    direction = objective_direction(objective)
+    keys = varying_keys(trials)
+    ranked = rank(trials, direction)
+    done = [t for t in ranked if t.objective is not None]
+    lines = [f"{sweep_dir}: {len(trials)} trials, {len(done)} finished, "
+             f"{len(trials) - len(done)} failed or unfinished",
+             f"ranked by {objective} ({direction}); val metrics of the best epoch, test/acc of "
+             f"its weights", ""]
+    lines += _table(
+        ["rank", "trial", *METRICS, *keys],
+        [[str(i + 1) if t in done else "-", str(t.num), *_metric_cells(t),
+          *(_short_value(t.overrides.get(k, "")) for k in keys)] for i, t in enumerate(ranked)],
+    )
+    for t in ranked:
+        if t not in done:
+            lines.append(f"trial {t.num} {t.status}: {t.error}")
+
+    groups = aggregate_seeds(trials, keys, direction) if "seed" in keys else []
+    if any(len(g.trials) > 1 for g in groups):
+        lines += ["", "Over seeds (mean ± std, per configuration):"]
+        config_keys = [k for k in keys if k != "seed"]
+        lines += _table(
+            ["n", *METRICS, *config_keys],
+            [[str(len(g.trials)),
+              *(f"{mean:.4f} ± {std:.4f}" for mean, std in g.stats.values()),
+              *(_short_value(g.values.get(k) or "") for k in config_keys)] for g in groups],
+        )
+
+    lines += ["", *(f"wrote {p}" for p in _plots(sweep_dir, done, keys, objective, top))]
+    return "\n".join(lines)
+
+
+def _metric_cells(t: Trial) -> list[str]:
+    if t.objective is None:
+        return [t.status, "", ""]
+    return [f"{t.summary.get(key, math.nan):.4f}" for key in METRICS.values()]
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows, strict=True)]
+    return ["  ".join(str(c).rjust(w) for c, w in zip(row, widths, strict=True))
+            for row in [header, *rows]]
+
+
+def _plots(sweep_dir: Path, done: list[Trial], keys: list[str], objective: str,
+           top: int) -> list[Path]:
+    from nnrecipe import plots  # matplotlib: only when plotting
+
+    written = []
+    panels = {}
+    for key in (k for k in keys if k != "seed"):
+        points = [(as_number(t.overrides.get(key)), t.overrides.get(key), t.objective)
+                  for t in done if key in t.overrides]
+        numeric = all(number is not None for number, _, _ in points)
+        panels[key] = ([number if numeric else text for number, text, _ in points],
+                       [y for _, _, y in points])
+    if panels and done:
+        written.append(plots.scatter_panels(panels, sweep_dir / "objective_vs_hparams.png",
+                                            objective, f"{objective} per trial"))
+    best = {f"#{i + 1} trial {t.num}": t.history for i, t in enumerate(done[:top]) if t.history}
+    if best:
+        written.append(plots.learning_curves(best, sweep_dir / "learning_curves.png"))
+    return written

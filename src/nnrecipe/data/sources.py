@@ -127,8 +127,9 @@ def torchvision_set(
     )
 
 
-def _scan_classes(folder: Path, class_names: list[str]) -> tuple[list[Path], list[int]]:
-    paths, targets, bad = [], [], []
+def _scan_classes(folder: Path, class_names: list[str], bad: list[str]):
+    """Readable image files and their labels; unreadable ones are appended to `bad`."""
+    paths, targets = [], []
     for label, name in enumerate(class_names):
         class_dir = folder / name
         if not class_dir.is_dir():
@@ -141,7 +142,6 @@ def _scan_classes(folder: Path, class_names: list[str]) -> tuple[list[Path], lis
                 continue
             paths.append(path)
             targets.append(label)
-    warn_skipped(bad, "unreadable image files")
     return paths, targets
 
 
@@ -169,7 +169,8 @@ def image_folder(
             f"data.root={train_dir} holds no class subfolders: expected "
             f"{train_dir}/<class name>/<image files>"
         )
-    paths, targets = _scan_classes(train_dir, class_names)
+    bad = []  # unreadable files of all splits: one warning names them all
+    paths, targets = _scan_classes(train_dir, class_names, bad)
     if not paths:
         raise UserError(f"data.root={train_dir} holds no readable image files in its class folders")
 
@@ -177,9 +178,10 @@ def image_folder(
     missing = []
     for name in ("val", "test"):
         if presplit and (root / name).is_dir():
-            splits[name] = _scan_classes(root / name, class_names)
+            splits[name] = _scan_classes(root / name, class_names, bad)
         else:
             missing.append(name)
+    warn_skipped(bad, "unreadable image files")
     fractions = [val_fraction if n == "val" else test_fraction for n in missing]
     train_idx, *carved = stratified_split(targets, fractions, seed)
     for name, idx in zip(missing, carved):

@@ -1,0 +1,204 @@
+"""The pool: every image of every split in one place, as the audit sees it.
+
+Data comes from build_data, so splits, seed and labels are exactly those training uses. Image
+files are read here again, one by one, so that a file training skips (unreadable) is reported
+instead of silently missing, and every readable one is hashed on its decoded pixels.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from nnrecipe.data import DataBundle
+from nnrecipe.data.images import is_image_file, unreadable_reason
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclass
+class Pool:
+    """N images of all splits, concatenated: findings refer to them by position in the pool."""
+
+    class_names: list[str]
+    split: np.ndarray            # [N] split name of each image
+    index: np.ndarray            # [N] its index inside that split (what training calls it)
+    labels: np.ndarray           # [N] int class
+    paths: list[str | None]      # relative to data.root for files, None for tensors
+    thumbs: torch.Tensor         # [N, C, T, T] pixels in [0, 1] (nan where the data had nan)
+    hashes: list[str]            # content hash of the decoded pixels
+    value_range: np.ndarray      # [N] max - min pixel value (0: a constant image)
+    nonfinite: np.ndarray        # [N] count of nan/inf values
+    sizes: list[tuple[int, int]] = field(default_factory=list)  # files: (width, height)
+    modes: list[str] = field(default_factory=list)              # files: PIL mode as stored
+    unreadable: list[dict] = field(default_factory=list)        # files training skips
+    channel_mean: list[float] = field(default_factory=list)     # of the train split
+    channel_std: list[float] = field(default_factory=list)
+    root: Path | None = None
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def item(self, i: int) -> dict:
+        """The report's ITEM: where an image lives and what it is labelled."""
+        return {"split": str(self.split[i]), "index": int(self.index[i]), "path": self.paths[i],
+                "label": self.class_names[int(self.labels[i])]}
+
+    def in_split(self, name: str) -> np.ndarray:
+        return np.flatnonzero(self.split == name)
+
+
+def build_pool(data: DataBundle, thumb_size: int = 32, progress: bool = True) -> Pool:
+    """Collect every split of `data` (as returned by build_data) into one Pool."""
+    if data.in_memory:
+        return _tensor_pool(data, thumb_size)
+    return _file_pool(data, thumb_size, progress)
+
+
+def _tensor_pool(data: DataBundle, thumb_size: int) -> Pool:
+    parts = {name: (data.denormalize(s.x.cpu().float()), s.y.cpu()) for name, s in
+             data.splits.items()}
+    x = torch.cat([p[0] for p in parts.values()])
+    y = torch.cat([p[1] for p in parts.values()])
+    flat = x.flatten(1)
+    finite = torch.isfinite(flat)
+    big, small = torch.finfo(flat.dtype).max, torch.finfo(flat.dtype).min
+    vmax = torch.where(finite, flat, torch.full((), small)).amax(1)
+    vmin = torch.where(finite, flat, torch.full((), big)).amin(1)
+    train = parts["train"][0]
+    train = train.nan_to_num(0.0, 0.0, 0.0)
+    return Pool(
+        class_names=list(data.class_names),
+        split=np.concatenate([np.full(len(p[1]), n) for n, p in parts.items()]),
+        index=np.concatenate([np.arange(len(p[1])) for p in parts.values()]),
+        labels=y.numpy(),
+        paths=[None] * len(y),
+        thumbs=_shrink(x, thumb_size),
+        hashes=[hashlib.blake2b(r.tobytes(), digest_size=16).hexdigest()
+                for r in x.numpy().reshape(len(x), -1)],
+        value_range=(vmax - vmin).clamp_min(0).numpy() if len(x) else np.zeros(0),
+        nonfinite=(~finite).sum(1).numpy(),
+        channel_mean=train.mean(dim=(0, 2, 3)).tolist(),
+        channel_std=train.std(dim=(0, 2, 3)).tolist(),
+    )
+
+
+def _shrink(x: torch.Tensor, size: int) -> torch.Tensor:
+    """Area-downsample to at most size x size: enough to see and compare, cheap to keep."""
+    if x.shape[-1] <= size and x.shape[-2] <= size:
+        return x.clone()
+    return F.interpolate(x, size=(size, size), mode="area")
+
+
+def _file_pool(data: DataBundle, thumb_size: int, progress: bool) -> Pool:
+    from PIL import Image
+
+    root = Path(data.train.root)
+    mode = "L" if data.in_chans == 1 else "RGB"
+    size = data.image_size
+    t = min(thumb_size, size)
+    n = sum(len(s) for s in data.splits.values())
+    thumbs = torch.empty(n, data.in_chans, t, t)
+    split, index, labels, paths, hashes, ranges, sizes, modes = ([] for _ in range(8))
+    sums = np.zeros((2, data.in_chans))  # sum and sum of squares of the train split's pixels
+    pixels = 0
+    unreadable = []
+    bar = tqdm(total=n, desc="audit: reading images", unit="img", disable=None if progress
+               else True, leave=False)
+    for name, s in data.splits.items():
+        for i, (rel, target) in enumerate(zip(s.paths, s.targets, strict=True)):
+            try:
+                with Image.open(root / rel) as im:
+                    im.load()
+                    sizes.append(im.size)
+                    modes.append(im.mode)
+                    im = im.convert(mode)
+            except Exception as e:  # changed on disk since build_data scanned it: report it
+                unreadable.append(
+                    _unreadable(root, root / rel, name, i, data.class_names[target], e))
+                continue
+            decoded = np.asarray(im)
+            view = np.asarray(im.resize((size, size), Image.BILINEAR), dtype=np.float64) / 255
+            view = view.reshape(size, size, -1)
+            if name == "train":
+                sums += [view.sum((0, 1)), (view**2).sum((0, 1))]
+                pixels += size * size
+            thumb = np.asarray(im.resize((t, t), Image.BOX), dtype=np.float32) / 255
+            thumbs[len(labels)] = torch.from_numpy(thumb.reshape(t, t, -1)).permute(2, 0, 1)
+            split.append(name)
+            index.append(i)
+            labels.append(target)
+            paths.append(Path(rel).as_posix())
+            hashes.append(hashlib.blake2b(decoded.tobytes() + str(decoded.shape).encode(),
+                                          digest_size=16).hexdigest())
+            ranges.append((int(decoded.max()) - int(decoded.min())) / 255 if decoded.size else 0)
+            bar.update()
+    bar.close()
+    unreadable += _skipped_files(root, data, set(paths))
+    mean = sums[0] / max(pixels, 1)
+    std = np.sqrt(np.maximum(sums[1] / max(pixels, 1) - mean**2, 0))
+    return Pool(
+        class_names=list(data.class_names),
+        split=np.array(split, dtype=object).astype(str),
+        index=np.array(index, dtype=np.int64),
+        labels=np.array(labels, dtype=np.int64),
+        paths=paths,
+        thumbs=thumbs[: len(labels)],
+        hashes=hashes,
+        value_range=np.array(ranges, dtype=np.float64),
+        nonfinite=np.zeros(len(labels), dtype=np.int64),  # decoded 8-bit pixels are finite
+        sizes=sizes,
+        modes=modes,
+        unreadable=unreadable,
+        channel_mean=mean.tolist(),
+        channel_std=std.tolist(),
+        root=root,
+    )
+
+
+def _unreadable(root: Path, path: Path, split: str, index: int, label: str,
+                error: Exception | None = None) -> dict:
+    reason = unreadable_reason(path)
+    if reason is None and error is not None:
+        reason = f"not a readable image ({type(error).__name__}: {error})"
+    return {"split": split, "index": index, "path": path.relative_to(root).as_posix(),
+            "label": label, "reason": reason or "unreadable"}
+
+
+def _skipped_files(root: Path, data: DataBundle, seen: set[str]) -> list[dict]:
+    """Image files under the class folders that no split holds: those training skipped.
+
+    The source drops unreadable files while scanning; this walks the same folders to name them.
+    They belong to no split, so their split is the folder they sit in (train/val/test for a
+    pre-split layout, "unsplit" otherwise) and their index is -1.
+    """
+    presplit = (root / "train").is_dir()
+    folders = [root / s for s in SPLITS if (root / s).is_dir()] if presplit else [root]
+    found = []
+    for folder in folders:
+        for name in data.class_names:
+            class_dir = folder / name
+            if not class_dir.is_dir():
+                continue
+            for path in sorted(p for p in class_dir.rglob("*") if p.is_file()):
+                rel = path.relative_to(root).as_posix()
+                if rel in seen or not is_image_file(path):
+                    continue
+                split = folder.name if presplit else "unsplit"
+                found.append(_unreadable(root, path, split, -1, name))
+    return found
+
+
+def common(values: list) -> tuple[object, float]:
+    """The most common value and the fraction of items that have it."""
+    if not values:
+        return None, 0.0
+    value, count = Counter(values).most_common(1)[0]
+    return value, count / len(values)

@@ -95,8 +95,8 @@ def audit(planted, tmp_path_factory):
     root, _ = planted
     with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
         cfg = compose("inspect_data", overrides=[
-            "logger=none", "trainer.progress=false", "data=image_folder", f"data.root={root}",
-            "data.in_chans=1", "data.image_size=16"])
+            "logger=none", "trainer.progress=false", "trainer.num_threads=1",
+            "data=image_folder", f"data.root={root}", "data.in_chans=1", "data.image_size=16"])
     run_dir = tmp_path_factory.mktemp("audit")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # build_data's "skipping unreadable files" warning

@@ -89,10 +89,17 @@ def test_digits_audit_logs_figures_and_tables_to_wandb(audit_cfg, tmp_path):
         report["splits"]["test"]["size"] == 1797
     assert report["imbalance_ratio"] < 1.2 and findings["label_model"]["accuracy"] > 0.9
     text = "\n".join(json.dumps(r) for r in wandb_records(tmp_path))
-    assert '"audit"' in text and "job_type" in text
-    for key in ("audit/class_counts", "audit/samples", "audit/label_issues",
-                "audit/corrupt", "audit/imbalance_ratio"):
+    assert '"job_type":"audit"' in text.replace(" ", "")
+    for key in ("audit/figure/class_counts", "audit/figure/samples", "audit/figure/label_issues",
+                "audit/table/label_issues", "audit/table/corrupt"):
         assert key in text, key
+    summary = json.loads(subprocess.run(
+        [str(Path(sys.executable).with_name("wandb")), "leet", "inspect", "--summary", "--json",
+         str(next(tmp_path.glob("wandb/offline-run-*")))], capture_output=True, text=True,
+        check=True).stdout)["summary"]
+    assert summary["audit/images"] == 1797
+    assert summary["audit/label_issues"] == len(report["label_issues"])
+    assert summary["audit/table/label_issues"]["nrows"] == len(report["label_issues"])
     assert "class_counts.png" not in report  # figures are files, not JSON
 
 

@@ -11,6 +11,8 @@ report (the outputs).
 from __future__ import annotations
 
 import logging
+import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -43,21 +45,29 @@ def run_audit(cfg: DictConfig, run_dir: Path, name: str | None = None) -> dict:
             for key in ("mean", "std"):
                 cfg.data[key] = trained[0]["config"]["data"].get(key) or cfg.data.get(key)
 
-    data = build_data(cfg.data, cfg.seed, "cpu")
-    pool = build_pool(data, a.thumb_size, progress)
+    clock = Stopwatch()
+    with clock("read data"):
+        data = build_data(cfg.data, cfg.seed, "cpu")
+        pool = build_pool(data, a.thumb_size, progress)
     log.info("audit: %d images in %d classes", len(pool), len(pool.class_names))
     f = split_findings(pool)
-
-    z = embed(pool.thumbs, dims=a.embedding_dims)
-    dist, idx = nearest_neighbours(z, k=a.neighbours, progress=progress)
-    f["duplicates"] = duplicates.exact_duplicates(pool) + duplicates.near_duplicates(
-        pool, dist, idx, a.near_duplicate_distance, a.max_listed)
-    f["corrupt"] = quality.corrupt_items(pool, a.blank_range, a.usual_fraction)
-    scores = outliers.outlier_scores(pool, dist)
-    f["outliers"] = outliers.outliers(pool, scores, a.outlier_score, a.max_outliers)
-    f["_most_unusual"] = outliers.outliers(pool, scores, -np.inf, a.max_shown)  # for a look
-    probs = labels.out_of_fold_probs(pool, a.label_folds, a.label_dims, cfg.seed, a.label_l2)
-    f["label_issues"] = labels.label_issues(pool, probs, a.max_listed)
+    with clock("exact duplicates"):
+        exact = duplicates.exact_duplicates(pool)
+    with clock("nearest neighbours"):
+        z = embed(pool.thumbs, dims=a.embedding_dims)
+        dist, idx = nearest_neighbours(z, k=a.neighbours, progress=progress)
+        near = duplicates.near_duplicates(pool, dist, idx, a.near_duplicate_distance,
+                                          a.max_listed)
+    f["duplicates"] = exact + near
+    with clock("quality and outliers"):
+        f["corrupt"] = quality.corrupt_items(pool, a.blank_range, a.usual_fraction)
+        scores = outliers.outlier_scores(pool, dist)
+        f["outliers"] = outliers.outliers(pool, scores, a.outlier_score, a.max_outliers)
+        f["_most_unusual"] = outliers.outliers(pool, scores, -np.inf, a.max_shown)  # a look
+    with clock("label issues"):
+        probs = labels.out_of_fold_probs(pool, a.label_folds, a.label_dims, cfg.seed,
+                                         a.label_l2)
+        f["label_issues"] = labels.label_issues(pool, probs, a.max_listed)
     f["channel_mean"] = [round(float(m), 4) for m in pool.channel_mean]
     f["channel_std"] = [round(float(s), 4) for s in pool.channel_std]
     f["label_model"] = {"kind": "softmax regression", "folds": a.label_folds,
@@ -68,14 +78,19 @@ def run_audit(cfg: DictConfig, run_dir: Path, name: str | None = None) -> dict:
     if trained is not None:
         from nnrecipe.audit.model_view import model_view
 
-        f["model"] = {"checkpoint": str(trained[1]),
-                      **model_view(trained[0], data, pool, a.max_shown)}
+        with clock("model view"):
+            f["model"] = {"checkpoint": str(trained[1]),
+                          **model_view(trained[0], data, pool, a.max_shown)}
 
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    figs = report.make_figures(pool, f, run_dir / "figures", a.max_shown, cfg.seed)
-    report.write_json(f, run_dir / "report.json")
-    report.write_markdown(f, figs, run_dir / "report.md", a.max_shown)
+    with clock("figures and report"):
+        figs = report.make_figures(pool, f, run_dir / "figures", a.max_shown, cfg.seed)
+        f["timings"] = clock.seconds
+        report.write_json(f, run_dir / "report.json")
+        report.write_markdown(f, figs, run_dir / "report.md", a.max_shown)
+    with open_dict(cfg):
+        cfg.logger.job_type = "audit"  # the logged config says what the run was
     config = OmegaConf.to_container(cfg, resolve=True)
     tracker = start_tracking(cfg.logger, run_dir, config, name=name or f"audit-{run_dir.name}",
                              job_type="audit")
@@ -91,6 +106,23 @@ def run_audit(cfg: DictConfig, run_dir: Path, name: str | None = None) -> dict:
              f["channel_std"])
     log.info("report: %s", run_dir / "report.md")
     return f
+
+
+class Stopwatch:
+    """Seconds spent in each stage: `with clock("stage"): ...` (the report's timings)."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, stage: str):
+        log.info("audit: %s", stage)
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[stage] = round(time.perf_counter() - start, 3)
+            log.debug("audit: %s took %.1f s", stage, self.seconds[stage])
 
 
 def split_findings(pool: Pool) -> dict:

@@ -9,6 +9,8 @@ different pictures. Neighbours are found by blocked matrix products (exact, vect
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
@@ -40,13 +42,21 @@ def pca(x: torch.Tensor, dims: int) -> torch.Tensor:
     if dims >= x.shape[1] or len(x) <= dims:
         return x
     covariance = x.T @ x
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # a small matrix: extra LAPACK threads only wait (100x slower on
-    try:                      # a busy machine)
+    with one_thread():  # a small matrix: extra LAPACK threads only wait
         _, vectors = torch.linalg.eigh(covariance)
+    return x @ vectors[:, -dims:].flip(1)  # largest variance first
+
+
+@contextmanager
+def one_thread():
+    """Run small tensor work on one thread: on small matrices extra threads mostly wait for
+    each other, and on a machine shared with other jobs that waiting costs 10-100x."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
     finally:
         torch.set_num_threads(threads)
-    return x @ vectors[:, -dims:].flip(1)  # largest variance first
 
 
 def nearest_neighbours(z: torch.Tensor, k: int = 5, block: int = 1024,
@@ -56,11 +66,13 @@ def nearest_neighbours(z: torch.Tensor, k: int = 5, block: int = 1024,
     k = max(1, min(k, n - 1))
     dist = torch.empty(n, k)
     idx = torch.empty(n, k, dtype=torch.long)
+    zt = z.T.contiguous()
+    buffer = torch.empty(min(block, n), n)  # reused: a fresh 200 MB block each time page-faults
     starts = range(0, n, block)
     for s in tqdm(starts, desc="audit: nearest neighbours", unit="block", leave=False,
                   disable=None if progress else True):
-        sim = z[s : s + block] @ z.T
         rows = torch.arange(s, min(s + block, n))
+        sim = torch.mm(z[s : s + block], zt, out=buffer[: len(rows)])
         sim[rows - s, rows] = -float("inf")  # an image is not its own neighbour
         top, at = sim.topk(k, dim=1)
         dist[s : s + block] = (1 - top).clamp_min(0)

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from nnrecipe.audit.embed import pca, pixels
+from nnrecipe.audit.embed import one_thread, pca, pixels
 from nnrecipe.audit.pool import Pool
 
 
@@ -47,7 +47,8 @@ def out_of_fold_probs(pool: Pool, folds: int = 5, dims: int = 128, seed: int = 0
         loss.backward()
         return loss
 
-    optimizer.step(closure)
+    with one_thread():  # ~100 small steps: threads would mostly wait
+        optimizer.step(closure)
     with torch.no_grad():
         probs = torch.einsum("nd,fdk->fnk", x, w).softmax(-1)
     return probs[fold, torch.arange(len(y))].numpy()  # each image from its held-out model

@@ -68,12 +68,15 @@ def _tensor_pool(data: DataBundle, thumb_size: int) -> Pool:
     x = torch.cat([p[0] for p in parts.values()])
     y = torch.cat([p[1] for p in parts.values()])
     flat = x.flatten(1)
-    finite = torch.isfinite(flat)
-    big, small = torch.finfo(flat.dtype).max, torch.finfo(flat.dtype).min
-    vmax = torch.where(finite, flat, torch.full((), small)).amax(1)
-    vmin = torch.where(finite, flat, torch.full((), big)).amin(1)
-    train = parts["train"][0]
-    train = train.nan_to_num(0.0, 0.0, 0.0)
+    vmin, vmax = torch.aminmax(flat, dim=1) if len(x) else (torch.zeros(0), torch.zeros(0))
+    nonfinite = torch.zeros(len(x), dtype=torch.long)
+    bad = torch.nonzero(~torch.isfinite(flat.sum(1))).flatten()  # one cheap pass over all
+    if len(bad):  # the few images with nan/inf: count them and take the range of the rest
+        finite = torch.isfinite(flat[bad])
+        nonfinite[bad] = (~finite).sum(1)
+        vmax[bad] = torch.where(finite, flat[bad], -torch.inf).amax(1)
+        vmin[bad] = torch.where(finite, flat[bad], torch.inf).amin(1)
+    train = parts["train"][0].nan_to_num(0.0, 0.0, 0.0)
     return Pool(
         class_names=list(data.class_names),
         split=np.concatenate([np.full(len(p[1]), n) for n, p in parts.items()]),
@@ -83,8 +86,8 @@ def _tensor_pool(data: DataBundle, thumb_size: int) -> Pool:
         thumbs=_shrink(x, thumb_size),
         hashes=[hashlib.blake2b(r.tobytes(), digest_size=16).hexdigest()
                 for r in x.numpy().reshape(len(x), -1)],
-        value_range=(vmax - vmin).clamp_min(0).numpy() if len(x) else np.zeros(0),
-        nonfinite=(~finite).sum(1).numpy(),
+        value_range=(vmax - vmin).nan_to_num(0.0).clamp_min(0).numpy(),
+        nonfinite=nonfinite.numpy(),
         channel_mean=train.mean(dim=(0, 2, 3)).tolist(),
         channel_std=train.std(dim=(0, 2, 3)).tolist(),
     )
@@ -93,7 +96,7 @@ def _tensor_pool(data: DataBundle, thumb_size: int) -> Pool:
 def _shrink(x: torch.Tensor, size: int) -> torch.Tensor:
     """Area-downsample to at most size x size: enough to see and compare, cheap to keep."""
     if x.shape[-1] <= size and x.shape[-2] <= size:
-        return x.clone()
+        return x
     return F.interpolate(x, size=(size, size), mode="area")
 
 

@@ -95,7 +95,9 @@ def _grid(pool: Pool, positions: list[int], path: Path, title: str,
 
 
 def _where(pool: Pool, i: int, label: bool = True) -> str:
-    text = f"{pool.split[i]}#{pool.index[i]}"
+    """A short caption: the file's name, or split#index for in-memory data."""
+    path = pool.paths[i]
+    text = Path(path).name[-18:] if path else f"{pool.split[i]}#{pool.index[i]}"
     return f"{text}\n{pool.class_names[pool.labels[i]]}" if label else text
 
 
@@ -231,19 +233,20 @@ def _table(columns: list[str], rows: list[list], limit: int) -> str:
 # ---- W&B -------------------------------------------------------------------------------------
 
 def log_to_tracker(tracker: Tracker, f: dict, figs: dict[str, Path]) -> None:
-    """The report's figures as images, its findings as tables, its counts in the summary."""
+    """The report's figures as images, its findings as tables, its counts in the summary
+    (distinct keys: a summary value would replace the last table or image of the same key)."""
     for name, path in figs.items():
-        tracker.image(f"audit/{name}", path)
-    tracker.table("audit/duplicates", ["kind", "leak", "labels_disagree", "items"],
+        tracker.image(f"audit/figure/{name}", path)
+    tracker.table("audit/table/duplicates", ["kind", "leak", "labels_disagree", "items"],
                   [[g["kind"], g["leak"], g["labels_disagree"],
                     "; ".join(_name(i) for i in g["items"])] for g in f["duplicates"]])
-    tracker.table("audit/corrupt", ["split", "index", "path", "label", "reason"],
+    tracker.table("audit/table/corrupt", ["split", "index", "path", "label", "reason"],
                   [[c["split"], c["index"], c["path"], c["label"], c["reason"]]
                    for c in f["corrupt"]])
-    tracker.table("audit/outliers", ["split", "index", "path", "label", "score"],
+    tracker.table("audit/table/outliers", ["split", "index", "path", "label", "score"],
                   [[o["split"], o["index"], o["path"], o["label"], o["score"]]
                    for o in f["outliers"]])
-    tracker.table("audit/label_issues",
+    tracker.table("audit/table/label_issues",
                   ["split", "index", "path", "given_label", "suggested_label", "score"],
                   [[i["split"], i["index"], i["path"], i["given_label"], i["suggested_label"],
                     i["score"]] for i in f["label_issues"]])

@@ -3,7 +3,8 @@
 The folder is the bundled digits upscaled to 16x16 PNGs (learnable, quick), split into
 train/val/test folders, with known defects planted: copies, leaks into test, noised copies,
 empty/truncated/text files named .png, blank images, noise images, images moved to a wrong class
-folder and one class cut to 10%. Recall is measured against the planted lists.
+folder, copies under another label and one class cut to 10%. Recall is measured against the
+planted lists.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ def planted(tmp_path_factory):
     sources = iter(rng.permutation(train).tolist())
     take = lambda n: [next(sources) for _ in range(n)]  # noqa: E731 (disjoint picks)
     p = {"exact": [], "leak": [], "near": [], "corrupt": [], "blank": [], "noise": [],
-         "mislabel": []}
+         "mislabel": [], "conflict": []}
     for src in take(15):
         copy = src.replace(".png", "_copy.png")
         shutil.copy(root / src, root / copy)
@@ -56,6 +57,11 @@ def planted(tmp_path_factory):
         leak = src.replace("train/", "test/").replace(".png", "_leak.png")
         shutil.copy(root / src, root / leak)
         p["leak"].append((src, leak))
+    for src in take(3):  # the same image under two labels
+        other = "0" if src.split("/")[1] != "0" else "1"
+        conflict = f"train/{other}/{Path(src).stem}_conflict.png"
+        shutil.copy(root / src, root / conflict)
+        p["conflict"].append((src, conflict))
     for src in take(15):
         a = np.asarray(Image.open(root / src), dtype=np.float64)
         noisy = np.clip(a + rng.normal(0, 4, a.shape), 0, 255).round().astype(np.uint8)
@@ -119,8 +125,13 @@ def test_exact_duplicates_and_leaks(planted, audit):
     assert recall(sum(any({a, b} <= g for g in exact) for a, b in p["exact"]), p["exact"]) >= 0.95
     leaks = [g for g in exact if "leak" in g]
     assert recall(sum(any({a, b} <= g for g in leaks) for a, b in p["leak"]), p["leak"]) >= 0.95
-    # the noised copies are not exact duplicates
+    conflicts = [{i["path"] for i in g["items"]} for g in report["duplicates"]
+                 if g["labels_disagree"]]
+    assert all(any({a, b} <= g for g in conflicts) for a, b in p["conflict"])
+    assert len(conflicts) == len(p["conflict"])
+    # noised copies are not exact duplicates; blank images are reported blank, not duplicates
     assert not any(b in g for g in exact for _, b in p["near"])
+    assert not any(b in g for g in exact for b in p["blank"])
 
 
 def test_near_duplicates(planted, audit):

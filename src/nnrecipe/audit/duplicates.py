@@ -15,10 +15,14 @@ from nnrecipe.audit.pool import Pool
 
 
 def exact_duplicates(pool: Pool) -> list[dict]:
-    """Groups of images with identical pixels, the worst first (label conflicts, then leaks)."""
+    """Groups of images with identical pixels, the worst first (label conflicts, then leaks).
+
+    Constant images are left out: they are all "the same picture", and already reported blank.
+    """
     groups = defaultdict(list)
     for i, h in enumerate(pool.hashes):
-        groups[h].append(i)
+        if pool.value_range[i] > 0:
+            groups[h].append(i)
     found = [_group(pool, members, "exact") for members in groups.values() if len(members) > 1]
     return sorted(found, key=lambda g: (not g["labels_disagree"], not g["leak"],
                                         -len(g["items"])))

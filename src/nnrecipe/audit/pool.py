@@ -171,8 +171,9 @@ def _unreadable(root: Path, path: Path, split: str, index: int, label: str,
     reason = unreadable_reason(path)
     if reason is None and error is not None:
         reason = f"not a readable image ({type(error).__name__}: {error})"
+    reason = (reason or "unreadable").replace(f" '{path}'", "")  # the item has the path
     return {"split": split, "index": index, "path": path.relative_to(root).as_posix(),
-            "label": label, "reason": reason or "unreadable"}
+            "label": label, "reason": reason}
 
 
 def _skipped_files(root: Path, data: DataBundle, seen: set[str]) -> list[dict]:

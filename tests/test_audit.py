@@ -48,7 +48,7 @@ def planted(tmp_path_factory):
     sources = iter(rng.permutation(train).tolist())
     take = lambda n: [next(sources) for _ in range(n)]  # noqa: E731 (disjoint picks)
     p = {"exact": [], "leak": [], "near": [], "corrupt": [], "blank": [], "noise": [],
-         "mislabel": [], "conflict": []}
+         "mislabel": [], "conflict": [], "unusual": []}
     for src in take(15):
         copy = src.replace(".png", "_copy.png")
         shutil.copy(root / src, root / copy)
@@ -78,6 +78,12 @@ def planted(tmp_path_factory):
         blank = f"train/{k if str(k) != CUT_CLASS else 0}/blank{k}.png"
         Image.fromarray(np.full((16, 16), 0 if k % 2 else 200, np.uint8), "L").save(root / blank)
         p["blank"].append(blank)
+    odd = [(np.kron(pixels[order[0]], np.ones((3, 3), np.uint8))[:, :24], "L"),  # 24 wide, 48 high
+           (np.stack([pixels[order[1]]] * 3, -1), "RGB")]
+    for k, (a, mode) in enumerate(odd):
+        unusual = f"val/{d.target[order[k]]}/unusual{k}.png"
+        Image.fromarray(a, mode).save(root / unusual)
+        p["unusual"].append(unusual)
     for k in range(5):
         noise = f"train/{k}/noise{k}.png"
         Image.fromarray(rng.integers(0, 256, (16, 16), dtype=np.uint8), "L").save(root / noise)
@@ -147,7 +153,12 @@ def test_corrupt_and_blank_files_reported_never_clean_ones(planted, audit):
     corrupt = {c["path"]: c for c in report["corrupt"]}
     assert recall(sum(b in corrupt for b in p["corrupt"]), p["corrupt"]) >= 0.95
     assert recall(sum(b in corrupt for b in p["blank"]), p["blank"]) >= 0.95
-    assert set(corrupt) <= set(p["corrupt"]) | set(p["blank"])  # no clean image reported
+    assert corrupt[p["unusual"][0]]["kind"] == "size" and "24x48" in corrupt[p["unusual"][0]][
+        "reason"]
+    assert corrupt[p["unusual"][1]]["kind"] == "mode" and "RGB" in corrupt[p["unusual"][1]][
+        "reason"]
+    # no clean image reported
+    assert set(corrupt) == set(p["corrupt"]) | set(p["blank"]) | set(p["unusual"])
     assert corrupt[p["corrupt"][0]]["reason"] == "empty file"
     assert "not a readable image" in corrupt[p["corrupt"][2]]["reason"]
     assert {corrupt[b]["split"] for b in p["corrupt"]} == {"train", "val", "test"}

@@ -79,8 +79,9 @@ def run_audit(cfg: DictConfig, run_dir: Path, name: str | None = None) -> dict:
         from nnrecipe.audit.model_view import model_view
 
         with clock("model view"):
+            device = runtime.pick_device(cfg.trainer.device)
             f["model"] = {"checkpoint": str(trained[1]),
-                          **model_view(trained[0], data, pool, a.max_shown)}
+                          **model_view(trained[0], data, pool, a.max_shown, device)}
 
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)

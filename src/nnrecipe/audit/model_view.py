@@ -52,7 +52,8 @@ def check_same_data(train_data: dict, data_cfg) -> None:
             )
 
 
-def model_view(state: dict, data: DataBundle, pool: Pool, limit: int) -> dict:
+def model_view(state: dict, data: DataBundle, pool: Pool, limit: int,
+               device: torch.device | str = "cpu") -> dict:
     """Confusion matrix, per-class accuracy and highest-loss examples of the trained model."""
     config = OmegaConf.create(state["config"])
     if "pretrained" in config.model:
@@ -63,12 +64,12 @@ def model_view(state: dict, data: DataBundle, pool: Pool, limit: int) -> dict:
         model.load_state_dict(state["model"])
     except RuntimeError as e:
         raise UserError(f"the checkpoint's weights do not fit its model config ({e})") from e
-    model.eval()
+    model.to(device).eval()
     position = {(s, int(i)): p for p, (s, i) in enumerate(zip(pool.split, pool.index, strict=True))}
     k = data.num_classes
     view = {"confusion_matrix": {}, "per_class_accuracy": {}, "accuracy": {}, "highest_loss": {}}
     for name, split in data.splits.items():
-        loss, pred = _predict(model, split, data.num_workers)
+        loss, pred = _predict(model, split, data.num_workers, device)
         y = split.labels.numpy()
         confusion = np.zeros((k, k), dtype=np.int64)
         np.add.at(confusion, (y, pred), 1)
@@ -88,10 +89,11 @@ def model_view(state: dict, data: DataBundle, pool: Pool, limit: int) -> dict:
 
 
 @torch.no_grad()
-def _predict(model, split, num_workers: int) -> tuple[np.ndarray, np.ndarray]:
+def _predict(model, split, num_workers: int, device) -> tuple[np.ndarray, np.ndarray]:
     losses, preds = [], []
     for x, y in iterate_batches(split, 512, num_workers=num_workers):
+        x, y = x.to(device), y.to(device)
         logits = model(x).float()
         losses.append(F.cross_entropy(logits, y, reduction="none"))
         preds.append(logits.argmax(1))
-    return torch.cat(losses).numpy(), torch.cat(preds).numpy()
+    return torch.cat(losses).cpu().numpy(), torch.cat(preds).cpu().numpy()

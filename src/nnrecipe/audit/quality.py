@@ -39,7 +39,7 @@ def _unusual(pool: Pool, values: list, kind: str, usual_fraction: float) -> list
         return []
     show = (lambda v: f"{v[0]}x{v[1]}") if kind == "size" else str
     return [_flag(pool, i, kind, f"unexpected {kind} {show(v)} (usual: {show(usual)}, "
-                                 f"{fraction:.0%} of images)")
+                                 f"{fraction:.1%} of images)")
             for i, v in enumerate(values) if v != usual]
 
 

@@ -140,9 +140,11 @@ def summary_lines(f: dict) -> list[str]:
                      f"its metrics cannot see them")
     lines.append(_count_line(len(exact), "exact duplicate group", f"{leaks} leak across splits "
                  f"(remove the copies from val/test: they inflate the scores)", leaks))
+    near_leaks = sum(g["leak"] for g in near)
     lines.append(_count_line(len(near), "near-duplicate pair",
-                             f"{sum(g['leak'] for g in near)} across splits (look: the same "
-                             "picture counts as a leak)", sum(g["leak"] for g in near)))
+                             (f"{near_leaks} across splits; " if near_leaks else "") +
+                             "look at them: the same picture slightly changed counts as a "
+                             "duplicate (and as a leak across splits)", near_leaks))
     if conflicts:
         lines.append(f"\u26a0\ufe0f {conflicts} duplicate groups/pairs with **disagreeing labels**"
                      " \u2014 at least one label in each is wrong")

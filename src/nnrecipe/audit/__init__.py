@@ -31,31 +31,35 @@ log = logging.getLogger("nnrecipe.audit")
 def run_audit(cfg: DictConfig, run_dir: Path, name: str | None = None) -> dict:
     """Audit the data of `cfg` (the config src/train.py would get, plus `audit` and
     `checkpoint`) and write report.md, report.json and figures into `run_dir`."""
-    a = cfg.audit
-    progress = bool(cfg.trainer.get("progress", True))
     runtime.seed_everything(cfg.seed)
     runtime.set_threads(cfg.trainer.num_threads)
-    trained = None
-    if cfg.get("checkpoint"):
-        from nnrecipe.audit.model_view import check_same_data, load_trained
-
-        trained = load_trained(cfg.checkpoint)
-        check_same_data(trained[0]["config"].get("data", {}), cfg.data)
-        with open_dict(cfg):  # normalise as the model was trained
-            for key in ("mean", "std"):
-                cfg.data[key] = trained[0]["config"]["data"].get(key) or cfg.data.get(key)
-
+    trained = _load_trained(cfg) if cfg.get("checkpoint") else None
     clock = Stopwatch()
     with clock("read data"):
         data = build_data(cfg.data, cfg.seed, "cpu")
-        pool = build_pool(data, a.thumb_size, progress)
+        pool = build_pool(data, cfg.audit.thumb_size, bool(cfg.trainer.progress))
     log.info("audit: %d images in %d classes", len(pool), len(pool.class_names))
+    f = find(pool, cfg, clock)
+    if trained is not None:
+        from nnrecipe.audit.model_view import model_view
+
+        with clock("model view"):
+            device = runtime.pick_device(cfg.trainer.device)
+            f["model"] = {"checkpoint": str(trained[1]), **model_view(
+                trained[0], data, pool, cfg.audit.max_shown, device)}
+    publish(f, pool, cfg, Path(run_dir), name, clock)
+    return f
+
+
+def find(pool: Pool, cfg: DictConfig, clock: Stopwatch) -> dict:
+    """Every finding about the pool, as report.json holds it (plus internal pool positions)."""
+    a = cfg.audit
     f = split_findings(pool)
     with clock("exact duplicates"):
         exact = duplicates.exact_duplicates(pool)
     with clock("nearest neighbours"):
         z = embed(pool.thumbs, dims=a.embedding_dims)
-        dist, idx = nearest_neighbours(z, k=a.neighbours, progress=progress)
+        dist, idx = nearest_neighbours(z, k=a.neighbours, progress=bool(cfg.trainer.progress))
         near = duplicates.near_duplicates(pool, dist, idx, a.near_duplicate_distance,
                                           a.max_listed)
     f["duplicates"] = exact + near
@@ -75,21 +79,18 @@ def run_audit(cfg: DictConfig, run_dir: Path, name: str | None = None) -> dict:
     f["thresholds"] = {"near_duplicate_distance": a.near_duplicate_distance,
                        "outlier_score": a.outlier_score, "blank_range": a.blank_range}
     f["sizes"] = quality.size_summary(pool)
-    if trained is not None:
-        from nnrecipe.audit.model_view import model_view
+    return f
 
-        with clock("model view"):
-            device = runtime.pick_device(cfg.trainer.device)
-            f["model"] = {"checkpoint": str(trained[1]),
-                          **model_view(trained[0], data, pool, a.max_shown, device)}
 
-    run_dir = Path(run_dir)
+def publish(f: dict, pool: Pool, cfg: DictConfig, run_dir: Path, name: str | None,
+            clock: Stopwatch) -> None:
+    """Figures, report.json, report.md, the W&B run (job type audit) and the console summary."""
     run_dir.mkdir(parents=True, exist_ok=True)
     with clock("figures and report"):
-        figs = report.make_figures(pool, f, run_dir / "figures", a.max_shown, cfg.seed)
+        figs = report.make_figures(pool, f, run_dir / "figures", cfg.audit.max_shown, cfg.seed)
         f["timings"] = clock.seconds
         report.write_json(f, run_dir / "report.json")
-        report.write_markdown(f, figs, run_dir / "report.md", a.max_shown)
+        report.write_markdown(f, figs, run_dir / "report.md", cfg.audit.max_shown)
     with open_dict(cfg):
         cfg.logger.job_type = "audit"  # the logged config says what the run was
     config = OmegaConf.to_container(cfg, resolve=True)
@@ -106,7 +107,19 @@ def run_audit(cfg: DictConfig, run_dir: Path, name: str | None = None) -> dict:
     log.info("data config, ready to paste:\n  mean: %s\n  std: %s", f["channel_mean"],
              f["channel_std"])
     log.info("report: %s", run_dir / "report.md")
-    return f
+
+
+def _load_trained(cfg: DictConfig) -> tuple[dict, Path]:
+    """The checkpoint, after checking it was trained on this data; normalise as it was."""
+    from nnrecipe.audit.model_view import check_same_data, load_trained
+
+    state, path = load_trained(cfg.checkpoint)
+    trained_data = state["config"].get("data", {})
+    check_same_data(trained_data, cfg.data)
+    with open_dict(cfg):
+        for key in ("mean", "std"):
+            cfg.data[key] = trained_data.get(key) or cfg.data.get(key)
+    return state, path
 
 
 class Stopwatch:

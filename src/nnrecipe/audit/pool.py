@@ -101,52 +101,42 @@ def _shrink(x: torch.Tensor, size: int) -> torch.Tensor:
 
 
 def _file_pool(data: DataBundle, thumb_size: int, progress: bool) -> Pool:
-    from PIL import Image
-
     root = Path(data.train.root)
     mode = "L" if data.in_chans == 1 else "RGB"
-    size = data.image_size
-    t = min(thumb_size, size)
+    t = min(thumb_size, data.image_size)
     n = sum(len(s) for s in data.splits.values())
     thumbs = torch.empty(n, data.in_chans, t, t)
     split, index, labels, paths, hashes, ranges, sizes, modes = ([] for _ in range(8))
-    sums = np.zeros((2, data.in_chans))  # sum and sum of squares of the train split's pixels
-    pixels = 0
-    unreadable = []
+    sums = np.zeros((3, data.in_chans))  # pixel count, sum and sum of squares (train split)
+    unreadable, seen = [], set()
     bar = tqdm(total=n, desc="audit: reading images", unit="img", disable=None if progress
                else True, leave=False)
     for name, s in data.splits.items():
         for i, (rel, target) in enumerate(zip(s.paths, s.targets, strict=True)):
+            bar.update()
+            seen.add(Path(rel).as_posix())
             try:
-                with Image.open(root / rel) as im:
-                    im.load()
-                    sizes.append(im.size)
-                    modes.append(im.mode)
-                    im = im.convert(mode)
+                image = _decode(root / rel, mode, data.image_size, t)
             except Exception as e:  # changed on disk since build_data scanned it: report it
                 unreadable.append(
                     _unreadable(root, root / rel, name, i, data.class_names[target], e))
                 continue
-            decoded = np.asarray(im)
-            view = np.asarray(im.resize((size, size), Image.BILINEAR), dtype=np.float64) / 255
-            view = view.reshape(size, size, -1)
             if name == "train":
-                sums += [view.sum((0, 1)), (view**2).sum((0, 1))]
-                pixels += size * size
-            thumb = np.asarray(im.resize((t, t), Image.BOX), dtype=np.float32) / 255
-            thumbs[len(labels)] = torch.from_numpy(thumb.reshape(t, t, -1)).permute(2, 0, 1)
+                sums += image["sums"]
+            thumbs[len(labels)] = image["thumb"]
             split.append(name)
             index.append(i)
             labels.append(target)
             paths.append(Path(rel).as_posix())
-            hashes.append(hashlib.blake2b(decoded.tobytes() + str(decoded.shape).encode(),
-                                          digest_size=16).hexdigest())
-            ranges.append((int(decoded.max()) - int(decoded.min())) / 255 if decoded.size else 0)
-            bar.update()
+            hashes.append(image["hash"])
+            ranges.append(image["range"])
+            sizes.append(image["size"])
+            modes.append(image["mode"])
     bar.close()
-    unreadable += _skipped_files(root, data, set(paths))
-    mean = sums[0] / max(pixels, 1)
-    std = np.sqrt(np.maximum(sums[1] / max(pixels, 1) - mean**2, 0))
+    unreadable += _skipped_files(root, data, seen)
+    count = max(sums[0, 0], 1)
+    mean = sums[1] / count
+    std = np.sqrt(np.maximum(sums[2] / count - mean**2, 0))
     return Pool(
         class_names=list(data.class_names),
         split=np.array(split, dtype=object).astype(str),
@@ -164,6 +154,29 @@ def _file_pool(data: DataBundle, thumb_size: int, progress: bool) -> Pool:
         channel_std=std.tolist(),
         root=root,
     )
+
+
+def _decode(path: Path, mode: str, size: int, thumb: int) -> dict:
+    """One file as the audit needs it; raises when the file cannot be decoded."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        im.load()
+        stored_size, stored_mode = im.size, im.mode
+        im = im.convert(mode)  # as training reads it
+    pixels = np.asarray(im)
+    view = np.asarray(im.resize((size, size), Image.BILINEAR), dtype=np.float64) / 255
+    view = view.reshape(size * size, -1)  # training's view: for the channel mean/std
+    small = np.asarray(im.resize((thumb, thumb), Image.BOX), dtype=np.float32) / 255
+    return {
+        "thumb": torch.from_numpy(small.reshape(thumb, thumb, -1)).permute(2, 0, 1),
+        "sums": [np.full(view.shape[1], len(view)), view.sum(0), (view**2).sum(0)],
+        "hash": hashlib.blake2b(pixels.tobytes() + str(pixels.shape).encode(),
+                                digest_size=16).hexdigest(),
+        "range": (int(pixels.max()) - int(pixels.min())) / 255 if pixels.size else 0.0,
+        "size": stored_size,
+        "mode": stored_mode,
+    }
 
 
 def _unreadable(root: Path, path: Path, split: str, index: int, label: str,

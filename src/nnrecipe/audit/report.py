@@ -203,9 +203,18 @@ def write_markdown(f: dict, figs: dict[str, Path], path: Path, shown: int) -> Pa
                    [[_name(i), i["given_label"], i["suggested_label"], i["score"]]
                     for i in f["label_issues"]], shown), ""]
     if "model" in f:
-        out += ["## The model's view", "", f"Checkpoint: `{f['model']['checkpoint']}`", "",
+        view = f["model"]
+        per_class = view["per_class_accuracy"]
+        worst = sorted(per_class["val"], key=per_class["val"].get)
+        out += ["## The model's view", "", f"Checkpoint: `{view['checkpoint']}`; accuracy "
+                + ", ".join(f"{s} {a:.1%}" for s, a in view["accuracy"].items()) + ".", "",
+                "Does the model fail where you would, on images that are hard or mislabelled? "
+                "Or on clear ones (a bug, or a class it never learned)?", "",
                 *[_fig(figs, k, path) for k in ("confusion_matrix", "per_class_accuracy",
-                                                 "highest_loss_train", "highest_loss_val")], ""]
+                                                 "highest_loss_train", "highest_loss_val")], "",
+                _table(["class (worst val first)", *per_class],
+                       [[c, *(f"{per_class[s][c]:.1%}" for s in per_class)] for c in worst],
+                       shown), ""]
     path.write_text("\n".join(line for line in out if line is not None) + "\n")
     return path
 

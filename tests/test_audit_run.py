@@ -59,6 +59,36 @@ def test_tensor_defects_non_finite_blank_and_leaks():
     assert pool.channel_mean[0] == pytest.approx(x[:40].nan_to_num(0.0).mean().item(), abs=1e-6)
 
 
+def test_flat_folder_reports_skipped_file_as_unsplit(tmp_path):
+    """Without train/val/test folders the splits are carved by seed; a file training skips
+    belongs to none of them."""
+    import numpy as np
+    from omegaconf import OmegaConf
+    from PIL import Image
+
+    from nnrecipe.audit import quality
+    from nnrecipe.audit.pool import build_pool
+    from nnrecipe.data import build_data
+
+    rng = np.random.default_rng(0)
+    for c in ("cat", "dog"):
+        (tmp_path / c).mkdir()
+        for i in range(20):
+            Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(
+                tmp_path / c / f"{i}.png")
+    (tmp_path / "dog" / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    cfg = OmegaConf.create({"_target_": "nnrecipe.data.sources.image_folder",
+                            "root": str(tmp_path), "image_size": 8, "batch_size": 4,
+                            "val_fraction": 0.25, "test_fraction": 0.25})
+    with pytest.warns(UserWarning, match="broken.jpg"):
+        data = build_data(cfg, seed=0)
+    pool = build_pool(data, progress=False)
+    assert len(pool) == 40 and sorted(set(pool.split)) == ["test", "train", "val"]
+    (bad,) = quality.corrupt_items(pool, 0.02, 0.9)
+    assert (bad["split"], bad["index"], bad["path"], bad["label"]) == (
+        "unsplit", -1, "dog/broken.jpg", "dog")
+
+
 def test_nearest_neighbours_match_brute_force():
     from nnrecipe.audit.embed import nearest_neighbours
 

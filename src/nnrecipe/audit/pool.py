@@ -8,7 +8,6 @@ instead of silently missing, and every readable one is hashed on its decoded pix
 from __future__ import annotations
 
 import hashlib
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,7 +40,6 @@ class Pool:
     unreadable: list[dict] = field(default_factory=list)        # files training skips
     channel_mean: list[float] = field(default_factory=list)     # of the train split
     channel_std: list[float] = field(default_factory=list)
-    root: Path | None = None
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -152,7 +150,6 @@ def _file_pool(data: DataBundle, thumb_size: int, progress: bool) -> Pool:
         unreadable=unreadable,
         channel_mean=mean.tolist(),
         channel_std=std.tolist(),
-        root=root,
     )
 
 
@@ -212,10 +209,3 @@ def _skipped_files(root: Path, data: DataBundle, seen: set[str]) -> list[dict]:
                 found.append(_unreadable(root, path, split, -1, name))
     return found
 
-
-def common(values: list) -> tuple[object, float]:
-    """The most common value and the fraction of items that have it."""
-    if not values:
-        return None, 0.0
-    value, count = Counter(values).most_common(1)[0]
-    return value, count / len(values)

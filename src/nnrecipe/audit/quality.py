@@ -7,7 +7,9 @@ to see, then images that differ in size or colour mode from nearly all others.
 
 from __future__ import annotations
 
-from nnrecipe.audit.pool import Pool, common
+from collections import Counter
+
+from nnrecipe.audit.pool import Pool
 
 SEVERITY = {"unreadable": 0, "non-finite": 1, "blank": 2, "mode": 3, "size": 4}
 
@@ -56,3 +58,11 @@ def size_summary(pool: Pool) -> dict:
     return {"distinct_sizes": len(set(pool.sizes)), "modes": sorted(set(pool.modes)),
             "width_range": [min(widths), max(widths)],
             "height_range": [min(heights), max(heights)]}
+
+
+def common(values: list) -> tuple[object, float]:
+    """The most common value and the fraction of items that have it."""
+    if not values:
+        return None, 0.0
+    value, count = Counter(values).most_common(1)[0]
+    return value, count / len(values)

@@ -5,11 +5,10 @@ from __future__ import annotations
 import os
 
 import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig, open_dict
 
 from nnrecipe.data.splits import DataBundle, FileSplit, TensorSplit
-from nnrecipe.errors import UserError
+from nnrecipe.errors import UserError, instantiate
 
 
 def build_data(cfg: DictConfig, seed: int, device: torch.device | str = "cpu") -> DataBundle:
@@ -20,7 +19,7 @@ def build_data(cfg: DictConfig, seed: int, device: torch.device | str = "cpu") -
     """
     if cfg.get("batch_size", 1) <= 0:
         raise UserError(f"data.batch_size must be positive, got {cfg.batch_size}")
-    bundle: DataBundle = instantiate(cfg, seed=seed, _convert_="all")
+    bundle: DataBundle = instantiate(cfg, "data", seed=seed)
     bundle.batch_size = cfg.batch_size
     bundle.num_workers = min(cfg.get("num_workers", 0) or 0, os.cpu_count() or 1)
     _check_labels(bundle, cfg.get("num_classes"))

@@ -128,20 +128,25 @@ def torchvision_set(
 
 
 def _scan_classes(folder: Path, class_names: list[str], bad: list[str]):
-    """Readable image files and their labels; unreadable ones are appended to `bad`."""
+    """Image files under folder/<class>/, each decoded once so broken files never reach a batch;
+    the unreadable ones are appended to `bad`."""
+    from tqdm.auto import tqdm
+
+    found = [
+        (path, label)
+        for label, name in enumerate(class_names)
+        if (folder / name).is_dir()
+        for path in sorted((folder / name).rglob("*"))
+        if path.is_file() and is_image_file(path)
+    ]
     paths, targets = [], []
-    for label, name in enumerate(class_names):
-        class_dir = folder / name
-        if not class_dir.is_dir():
+    for path, label in tqdm(found, desc=f"checking {folder.name}/", unit="img", disable=None,
+                            leave=False):
+        if unreadable_reason(path):
+            bad.append(str(path))
             continue
-        for path in sorted(p for p in class_dir.rglob("*") if p.is_file()):
-            if not is_image_file(path):
-                continue
-            if unreadable_reason(path):
-                bad.append(str(path))
-                continue
-            paths.append(path)
-            targets.append(label)
+        paths.append(path)
+        targets.append(label)
     return paths, targets
 
 

@@ -235,6 +235,10 @@ def test_report_schema_and_markdown(audit):
         assert item_keys | {"given_label", "suggested_label", "score"} <= set(i)
     for g in report["duplicates"]:
         assert g["kind"] in ("exact", "near") and all(item_keys <= set(i) for i in g["items"])
+    # internal pool positions and figure helpers stay out of the file
+    assert not any(k.startswith("_") for k in report)
+    assert not any("pool" in x for key in ("corrupt", "outliers", "label_issues", "duplicates")
+                   for x in report[key])
     md = (run_dir / "report.md").read_text()
     summary = md.split("## ")[0]
     assert "15 corrupt" not in summary and "corrupt or unusual images" in summary

@@ -44,6 +44,8 @@ def check_same_data(train_data: dict, data_cfg) -> None:
     """The model must see the data it was trained on: same source and the same classes."""
     for key in ("_target_", "name", "root", "num_classes", "in_chans", "image_size"):
         want, got = train_data.get(key), data_cfg.get(key)
+        if key == "root" and want is not None and got is not None:  # same folder, any spelling
+            want, got = (str(Path(p).expanduser().resolve()) for p in (want, got))
         if want is not None and got is not None and str(want) != str(got):
             raise UserError(
                 f"the checkpoint was trained with data.{key}={want} but this audit has "

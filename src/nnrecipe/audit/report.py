@@ -110,14 +110,22 @@ def write_json(f: dict, path: Path) -> Path:
     return path
 
 
-def _public(value):
-    """Drop what is internal: pool positions (they index this process's pool, nothing on disk)
-    and keys starting with an underscore (figure helpers)."""
-    if isinstance(value, dict):
-        return {k: _public(v) for k, v in value.items() if k != "pool" and k[0] != "_"}
-    if isinstance(value, list):
-        return [_public(v) for v in value]
-    return value
+def _public(f: dict) -> dict:
+    """Drop what is internal: keys starting with an underscore (figure helpers) and each
+    finding's pool position (it indexes this process's pool, nothing on disk). Only findings
+    are touched: class names, which key class_counts, may be any string."""
+    out = {k: v for k, v in f.items() if not k.startswith("_")}
+    for key in ("duplicates", "corrupt", "outliers", "label_issues"):
+        out[key] = [_without_pool(x) for x in f[key]]
+    if "model" in f:
+        out["model"] = {**f["model"], "highest_loss": {
+            s: [_without_pool(x) for x in items] for s, items in
+            f["model"]["highest_loss"].items()}}
+    return out
+
+
+def _without_pool(finding: dict) -> dict:
+    return {k: v for k, v in finding.items() if k != "pool"}
 
 
 def summary_lines(f: dict) -> list[str]:
@@ -197,7 +205,7 @@ def write_markdown(f: dict, figs: dict[str, Path], path: Path, shown: int) -> Pa
             _fig(figs, "outliers", path), "",
             _table(["item", "score"], [[_name(o), o["score"]] for o in f["outliers"]], shown), ""]
     out += ["## Likely label errors", "", f"Confident learning on out-of-fold probabilities of "
-            f"a {f['label_model']['folds']}-fold logistic regression (accuracy "
+            f"a {f['label_model']['folds']}-fold softmax regression (accuracy "
             f"{f['label_model']['accuracy']:.1%}).", "", _fig(figs, "label_issues", path), "",
             _table(["item", "given", "suggested", "score"],
                    [[_name(i), i["given_label"], i["suggested_label"], i["score"]]

@@ -108,3 +108,86 @@ def learning_curves(
         ax.set_ylabel(metric)
     axes.flat[0].legend(fontsize=7)
     return save(fig, path)
+
+
+def grouped_bar_chart(groups: dict[str, dict[str, int]], path: Path, title: str = "",
+                      ylabel: str = "count") -> Path:
+    """One bar per key and group, side by side (e.g. class counts of train, val and test)."""
+    keys = list(dict.fromkeys(k for counts in groups.values() for k in counts))
+    width = 0.8 / max(1, len(groups))
+    fig, ax = plt.subplots(figsize=(max(4, 0.45 * len(keys) + 2), 3))
+    for g, (name, counts) in enumerate(groups.items()):
+        xs = [i + (g - (len(groups) - 1) / 2) * width for i in range(len(keys))]
+        ax.bar(xs, [counts.get(k, 0) for k in keys], width=width, label=name)
+    ax.set_xticks(range(len(keys)), [str(k) for k in keys],
+                  rotation=90 if len(keys) > 12 else 0)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(fontsize=7)
+    return save(fig, path)
+
+
+def confusion_matrix(matrix, class_names: list[str], path: Path, title: str = "") -> Path:
+    """Counts of (true row, predicted column), each cell annotated when there are few classes."""
+    import numpy as np
+
+    m = np.asarray(matrix)
+    n = len(class_names)
+    fig, ax = plt.subplots(figsize=(max(3.5, 0.4 * n + 1.5), max(3, 0.4 * n + 1)))
+    ax.imshow(m, cmap="Blues")
+    ticks = range(n) if n <= 30 else []
+    ax.set_xticks(ticks, [class_names[i] for i in ticks], rotation=90, fontsize=7)
+    ax.set_yticks(ticks, [class_names[i] for i in ticks], fontsize=7)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    if n <= 15:
+        for (r, c), v in np.ndenumerate(m):
+            ax.text(c, r, str(v), ha="center", va="center", fontsize=6,
+                    color="white" if v > m.max() / 2 else "black")
+    ax.set_title(title)
+    return save(fig, path)
+
+
+def mosaic(
+    images: torch.Tensor,
+    path: Path,
+    captions: list[str] | None = None,
+    title: str | None = None,
+    ncols: int = 8,
+) -> Path:
+    """image_grid's picture drawn as ONE image with captions under each tile: much faster to
+    save when there are dozens of images (every matplotlib subplot costs tens of ms)."""
+    import numpy as np
+
+    images = images.detach().float().cpu().clamp(0, 1)
+    n, _, h, w = images.shape if len(images) else (0, 1, 8, 8)
+    ncols = max(1, min(ncols, n))
+    nrows = max(1, math.ceil(n / ncols))
+    cell_in = 1.4  # inches per tile, as in image_grid
+    lines = max((caption.count("\n") + 1 for caption in captions or []), default=0)
+    pad = max(1, round(w * 0.06))
+    band = math.ceil(lines * 0.12 / cell_in * w)  # caption height in tile pixels (~7pt a line)
+    row_h, col_w = h + band + pad, w + pad
+    canvas = np.ones((nrows * row_h + pad, ncols * col_w + pad, 3))
+    for i, img in enumerate(images):
+        r, c = divmod(i, ncols)
+        tile = img[:3].expand(3, -1, -1).permute(1, 2, 0).numpy()
+        canvas[pad + r * row_h : pad + r * row_h + h, pad + c * col_w : pad + c * col_w + w] = tile
+    top = 0.35 if title else 0.0
+    width_in = cell_in * ncols
+    height_in = width_in * canvas.shape[0] / canvas.shape[1]
+    fig = plt.figure(figsize=(width_in, height_in + top))
+    ax = fig.add_axes((0, 0, 1, height_in / (height_in + top)))
+    ax.imshow(canvas, interpolation="nearest", aspect="auto")
+    ax.axis("off")
+    for i, caption in enumerate(captions or []):
+        r, c = divmod(i, ncols)
+        ax.text(pad + c * col_w + w / 2, pad + r * row_h + h, caption, ha="center", va="top",
+                fontsize=7, linespacing=1.0)
+    if title:
+        fig.suptitle(title, fontsize=9, y=1 - 0.1 * top / (height_in + top))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -127,8 +127,9 @@ def torchvision_set(
     )
 
 
-def _scan_classes(folder: Path, class_names: list[str]) -> tuple[list[Path], list[int]]:
-    """Image files under folder/<class>/, each decoded once so broken files never reach a batch."""
+def _scan_classes(folder: Path, class_names: list[str], bad: list[str]):
+    """Image files under folder/<class>/, each decoded once so broken files never reach a batch;
+    the unreadable ones are appended to `bad`."""
     from tqdm.auto import tqdm
 
     found = [
@@ -138,7 +139,7 @@ def _scan_classes(folder: Path, class_names: list[str]) -> tuple[list[Path], lis
         for path in sorted((folder / name).rglob("*"))
         if path.is_file() and is_image_file(path)
     ]
-    paths, targets, bad = [], [], []
+    paths, targets = [], []
     for path, label in tqdm(found, desc=f"checking {folder.name}/", unit="img", disable=None,
                             leave=False):
         if unreadable_reason(path):
@@ -146,7 +147,6 @@ def _scan_classes(folder: Path, class_names: list[str]) -> tuple[list[Path], lis
             continue
         paths.append(path)
         targets.append(label)
-    warn_skipped(bad, "unreadable image files")
     return paths, targets
 
 
@@ -174,7 +174,8 @@ def image_folder(
             f"data.root={train_dir} holds no class subfolders: expected "
             f"{train_dir}/<class name>/<image files>"
         )
-    paths, targets = _scan_classes(train_dir, class_names)
+    bad = []  # unreadable files of all splits: one warning names them all
+    paths, targets = _scan_classes(train_dir, class_names, bad)
     if not paths:
         raise UserError(f"data.root={train_dir} holds no readable image files in its class folders")
 
@@ -182,9 +183,10 @@ def image_folder(
     missing = []
     for name in ("val", "test"):
         if presplit and (root / name).is_dir():
-            splits[name] = _scan_classes(root / name, class_names)
+            splits[name] = _scan_classes(root / name, class_names, bad)
         else:
             missing.append(name)
+    warn_skipped(bad, "unreadable image files")
     fractions = [val_fraction if n == "val" else test_fraction for n in missing]
     train_idx, *carved = stratified_split(targets, fractions, seed)
     for name, idx in zip(missing, carved):

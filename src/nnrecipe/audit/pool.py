@@ -1,0 +1,211 @@
+"""The pool: every image of every split in one place, as the audit sees it.
+
+Data comes from build_data, so splits, seed and labels are exactly those training uses. Image
+files are read here again, one by one, so that a file training skips (unreadable) is reported
+instead of silently missing, and every readable one is hashed on its decoded pixels.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from nnrecipe.data import DataBundle
+from nnrecipe.data.images import is_image_file, unreadable_reason
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclass
+class Pool:
+    """N images of all splits, concatenated: findings refer to them by position in the pool."""
+
+    class_names: list[str]
+    split: np.ndarray            # [N] split name of each image
+    index: np.ndarray            # [N] its index inside that split (what training calls it)
+    labels: np.ndarray           # [N] int class
+    paths: list[str | None]      # relative to data.root for files, None for tensors
+    thumbs: torch.Tensor         # [N, C, T, T] pixels in [0, 1] (nan where the data had nan)
+    hashes: list[str]            # content hash of the decoded pixels
+    value_range: np.ndarray      # [N] max - min pixel value (0: a constant image)
+    nonfinite: np.ndarray        # [N] count of nan/inf values
+    sizes: list[tuple[int, int]] = field(default_factory=list)  # files: (width, height)
+    modes: list[str] = field(default_factory=list)              # files: PIL mode as stored
+    unreadable: list[dict] = field(default_factory=list)        # files training skips
+    channel_mean: list[float] = field(default_factory=list)     # of the train split
+    channel_std: list[float] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def item(self, i: int) -> dict:
+        """The report's ITEM: where an image lives and what it is labelled."""
+        return {"split": str(self.split[i]), "index": int(self.index[i]), "path": self.paths[i],
+                "label": self.class_names[int(self.labels[i])]}
+
+    def in_split(self, name: str) -> np.ndarray:
+        return np.flatnonzero(self.split == name)
+
+
+def build_pool(data: DataBundle, thumb_size: int = 32, progress: bool = True) -> Pool:
+    """Collect every split of `data` (as returned by build_data) into one Pool."""
+    if data.in_memory:
+        return _tensor_pool(data, thumb_size)
+    return _file_pool(data, thumb_size, progress)
+
+
+def _tensor_pool(data: DataBundle, thumb_size: int) -> Pool:
+    parts = {name: (data.denormalize(s.x.cpu().float()), s.y.cpu()) for name, s in
+             data.splits.items()}
+    x = torch.cat([p[0] for p in parts.values()])
+    y = torch.cat([p[1] for p in parts.values()])
+    flat = x.flatten(1)
+    vmin, vmax = torch.aminmax(flat, dim=1) if len(x) else (torch.zeros(0), torch.zeros(0))
+    nonfinite = torch.zeros(len(x), dtype=torch.long)
+    bad = torch.nonzero(~torch.isfinite(flat.sum(1))).flatten()  # one cheap pass over all
+    if len(bad):  # the few images with nan/inf: count them and take the range of the rest
+        finite = torch.isfinite(flat[bad])
+        nonfinite[bad] = (~finite).sum(1)
+        vmax[bad] = torch.where(finite, flat[bad], -torch.inf).amax(1)
+        vmin[bad] = torch.where(finite, flat[bad], torch.inf).amin(1)
+    train = parts["train"][0].nan_to_num(0.0, 0.0, 0.0)
+    return Pool(
+        class_names=list(data.class_names),
+        split=np.concatenate([np.full(len(p[1]), n) for n, p in parts.items()]),
+        index=np.concatenate([np.arange(len(p[1])) for p in parts.values()]),
+        labels=y.numpy(),
+        paths=[None] * len(y),
+        thumbs=_shrink(x, thumb_size),
+        hashes=[hashlib.blake2b(r.tobytes(), digest_size=16).hexdigest()
+                for r in x.numpy().reshape(len(x), -1)],
+        value_range=(vmax - vmin).nan_to_num(0.0).clamp_min(0).numpy(),
+        nonfinite=nonfinite.numpy(),
+        channel_mean=train.mean(dim=(0, 2, 3)).tolist(),
+        channel_std=train.std(dim=(0, 2, 3)).tolist(),
+    )
+
+
+def _shrink(x: torch.Tensor, size: int) -> torch.Tensor:
+    """Area-downsample to at most size x size: enough to see and compare, cheap to keep."""
+    if x.shape[-1] <= size and x.shape[-2] <= size:
+        return x
+    return F.interpolate(x, size=(size, size), mode="area")
+
+
+def _file_pool(data: DataBundle, thumb_size: int, progress: bool) -> Pool:
+    root = Path(data.train.root)
+    mode = "L" if data.in_chans == 1 else "RGB"
+    t = min(thumb_size, data.image_size)
+    n = sum(len(s) for s in data.splits.values())
+    thumbs = torch.empty(n, data.in_chans, t, t)
+    split, index, labels, paths, hashes, ranges, sizes, modes = ([] for _ in range(8))
+    sums = np.zeros((3, data.in_chans))  # pixel count, sum and sum of squares (train split)
+    unreadable, seen = [], set()
+    bar = tqdm(total=n, desc="audit: reading images", unit="img", disable=None if progress
+               else True, leave=False)
+    for name, s in data.splits.items():
+        for i, (rel, target) in enumerate(zip(s.paths, s.targets, strict=True)):
+            bar.update()
+            seen.add(Path(rel).as_posix())
+            try:
+                image = _decode(root / rel, mode, data.image_size, t)
+            except Exception as e:  # changed on disk since build_data scanned it: report it
+                unreadable.append(
+                    _unreadable(root, root / rel, name, i, data.class_names[target], e))
+                continue
+            if name == "train":
+                sums += image["sums"]
+            thumbs[len(labels)] = image["thumb"]
+            split.append(name)
+            index.append(i)
+            labels.append(target)
+            paths.append(Path(rel).as_posix())
+            hashes.append(image["hash"])
+            ranges.append(image["range"])
+            sizes.append(image["size"])
+            modes.append(image["mode"])
+    bar.close()
+    unreadable += _skipped_files(root, data, seen)
+    count = max(sums[0, 0], 1)
+    mean = sums[1] / count
+    std = np.sqrt(np.maximum(sums[2] / count - mean**2, 0))
+    return Pool(
+        class_names=list(data.class_names),
+        split=np.array(split, dtype=object).astype(str),
+        index=np.array(index, dtype=np.int64),
+        labels=np.array(labels, dtype=np.int64),
+        paths=paths,
+        thumbs=thumbs[: len(labels)],
+        hashes=hashes,
+        value_range=np.array(ranges, dtype=np.float64),
+        nonfinite=np.zeros(len(labels), dtype=np.int64),  # decoded 8-bit pixels are finite
+        sizes=sizes,
+        modes=modes,
+        unreadable=unreadable,
+        channel_mean=mean.tolist(),
+        channel_std=std.tolist(),
+    )
+
+
+def _decode(path: Path, mode: str, size: int, thumb: int) -> dict:
+    """One file as the audit needs it; raises when the file cannot be decoded."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        im.load()
+        stored_size, stored_mode = im.size, im.mode
+        im = im.convert(mode)  # as training reads it
+    pixels = np.asarray(im)
+    view = np.asarray(im.resize((size, size), Image.BILINEAR), dtype=np.float64) / 255
+    view = view.reshape(size * size, -1)  # training's view: for the channel mean/std
+    small = np.asarray(im.resize((thumb, thumb), Image.BOX), dtype=np.float32) / 255
+    return {
+        "thumb": torch.from_numpy(small.reshape(thumb, thumb, -1)).permute(2, 0, 1),
+        "sums": [np.full(view.shape[1], len(view)), view.sum(0), (view**2).sum(0)],
+        "hash": hashlib.blake2b(pixels.tobytes() + str(pixels.shape).encode(),
+                                digest_size=16).hexdigest(),
+        "range": (int(pixels.max()) - int(pixels.min())) / 255 if pixels.size else 0.0,
+        "size": stored_size,
+        "mode": stored_mode,
+    }
+
+
+def _unreadable(root: Path, path: Path, split: str, index: int, label: str,
+                error: Exception | None = None) -> dict:
+    reason = unreadable_reason(path)
+    if reason is None and error is not None:
+        reason = f"not a readable image ({type(error).__name__}: {error})"
+    reason = (reason or "unreadable").replace(f" '{path}'", "")  # the item has the path
+    return {"split": split, "index": index, "path": path.relative_to(root).as_posix(),
+            "label": label, "reason": reason}
+
+
+def _skipped_files(root: Path, data: DataBundle, seen: set[str]) -> list[dict]:
+    """Image files under the class folders that no split holds: those training skipped.
+
+    The source drops unreadable files while scanning; this walks the same folders to name them.
+    They belong to no split, so their split is the folder they sit in (train/val/test for a
+    pre-split layout, "unsplit" otherwise) and their index is -1.
+    """
+    presplit = (root / "train").is_dir()
+    folders = [root / s for s in SPLITS if (root / s).is_dir()] if presplit else [root]
+    found = []
+    for folder in folders:
+        for name in data.class_names:
+            class_dir = folder / name
+            if not class_dir.is_dir():
+                continue
+            for path in sorted(p for p in class_dir.rglob("*") if p.is_file()):
+                rel = path.relative_to(root).as_posix()
+                if rel in seen or not is_image_file(path):
+                    continue
+                split = folder.name if presplit else "unsplit"
+                found.append(_unreadable(root, path, split, -1, name))
+    return found
+

@@ -1,0 +1,202 @@
+"""Data sources: each returns a DataBundle of un-normalised splits (pixels in [0, 1]).
+
+Each source is the `_target_` of a conf/data/*.yaml. They receive every key of that config
+(batch size, mean, ...) and take what they need; build_data does the common rest.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from nnrecipe.data.images import is_image_file, unreadable_reason
+from nnrecipe.data.splits import DataBundle, FileSplit, TensorSplit, warn_skipped
+from nnrecipe.errors import UserError
+
+
+def stratified_split(labels, fractions: list[float], seed: int) -> list[np.ndarray]:
+    """Indices for a train split plus one split per fraction, stratified and fixed by seed."""
+    from sklearn.model_selection import train_test_split
+
+    labels = np.asarray(labels)
+    rest = np.arange(len(labels))
+    parts, remaining = [], 1.0
+    for fraction in fractions:
+        if fraction <= 0:
+            parts.append(np.array([], dtype=np.int64))
+            continue
+        try:
+            rest, part = train_test_split(
+                rest, test_size=fraction / remaining, stratify=labels[rest], random_state=seed
+            )
+        except ValueError as e:
+            raise UserError(
+                f"cannot split {len(labels)} samples into fractions {fractions} with every class "
+                f"in every split ({e}). Use smaller val/test fractions or more images per class."
+            ) from e
+        parts.append(np.sort(part))
+        remaining -= fraction
+    return [np.sort(rest), *parts]
+
+
+def _tensor_bundle(x: torch.Tensor, y: torch.Tensor, class_names, seed, fractions, **cfg):
+    train, val, test = stratified_split(y.numpy(), fractions, seed)
+    return DataBundle(
+        *(TensorSplit(x[i], y[i]) for i in (train, val, test)),
+        class_names=list(class_names),
+        in_chans=x.shape[1],
+        image_size=x.shape[-1],
+        batch_size=cfg.get("batch_size", 32),
+    )
+
+
+def digits(seed: int = 0, val_fraction: float = 0.15, test_fraction: float = 0.15, **cfg):
+    """scikit-learn's bundled 8x8 digits (1,797 images, pixel values 0..16)."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = torch.tensor(d.images, dtype=torch.float32).unsqueeze(1) / 16.0
+    y = torch.tensor(d.target, dtype=torch.long)
+    names = [str(c) for c in d.target_names]
+    return _tensor_bundle(x, y, names, seed, [val_fraction, test_fraction], **cfg)
+
+
+def synthetic(
+    seed: int = 0,
+    num_samples: int = 2000,
+    shape=(3, 32, 32),
+    num_classes: int = 10,
+    noise: float = 1.0,
+    val_fraction: float = 0.15,
+    test_fraction: float = 0.15,
+    **cfg,
+):
+    """Learnable random tensors: one random prototype per class plus Gaussian noise."""
+    g = torch.Generator().manual_seed(seed)
+    prototypes = torch.rand(num_classes, *shape, generator=g)
+    y = torch.arange(num_samples) % num_classes
+    y = y[torch.randperm(num_samples, generator=g)]
+    x = prototypes[y] + noise * 0.25 * torch.randn(num_samples, *shape, generator=g)
+    names = [f"class_{c}" for c in range(num_classes)]
+    return _tensor_bundle(x, y, names, seed, [val_fraction, test_fraction], **cfg)
+
+
+def torchvision_set(
+    name: str,
+    root: str = "data",
+    download: bool = True,
+    seed: int = 0,
+    val_fraction: float = 0.1,
+    **cfg,
+):
+    """A torchvision dataset (MNIST, FashionMNIST, CIFAR10, CIFAR100) held in memory.
+
+    val is carved from the official training set (stratified by seed); test is the official one.
+    """
+    import torchvision
+
+    cls = getattr(torchvision.datasets, name, None)
+    if cls is None:
+        raise UserError(f"torchvision has no dataset named {name!r} (data.name)")
+    try:
+        sets = [cls(root, train=train, download=download) for train in (True, False)]
+    except Exception as e:  # no network, a proxy, a partial file: all end here
+        raise UserError(
+            f"could not load {name} from {Path(root).resolve()} ({type(e).__name__}: {e}). "
+            f"Without network access, download it elsewhere (torchvision.datasets.{name}"
+            f"(root, download=True)) and copy the files into {Path(root).resolve()}/, "
+            f"or point data.root at a folder that holds them."
+        ) from e
+    xs, ys = [], []
+    for s in sets:
+        x = torch.as_tensor(np.asarray(s.data))
+        x = x.unsqueeze(1) if x.ndim == 3 else x.permute(0, 3, 1, 2)  # -> [N, C, H, W]
+        xs.append(x.float().div_(255.0))
+        ys.append(torch.as_tensor(np.asarray(s.targets), dtype=torch.long))
+    train, val = stratified_split(ys[0].numpy(), [val_fraction], seed)
+    return DataBundle(
+        TensorSplit(xs[0][train], ys[0][train]),
+        TensorSplit(xs[0][val], ys[0][val]),
+        TensorSplit(xs[1], ys[1]),
+        class_names=[str(c) for c in sets[0].classes],
+        in_chans=xs[0].shape[1],
+        image_size=xs[0].shape[-1],
+        batch_size=cfg.get("batch_size", 128),
+    )
+
+
+def _scan_classes(folder: Path, class_names: list[str]) -> tuple[list[Path], list[int]]:
+    paths, targets, bad = [], [], []
+    for label, name in enumerate(class_names):
+        class_dir = folder / name
+        if not class_dir.is_dir():
+            continue
+        for path in sorted(p for p in class_dir.rglob("*") if p.is_file()):
+            if not is_image_file(path):
+                continue
+            if unreadable_reason(path):
+                bad.append(str(path))
+                continue
+            paths.append(path)
+            targets.append(label)
+    warn_skipped(bad, "unreadable image files")
+    return paths, targets
+
+
+def image_folder(
+    root: str | None = None,
+    seed: int = 0,
+    val_fraction: float = 0.15,
+    test_fraction: float = 0.15,
+    image_size: int = 64,
+    in_chans: int = 3,
+    num_workers: int = 2,
+    **cfg,
+):
+    """Images in class subfolders: root/<class>/*.png, or root/{train,val,test}/<class>/*.png."""
+    if root in (None, "", "???"):
+        raise UserError("data=image_folder needs data.root=/path/to/images (one folder per class)")
+    root = Path(root).expanduser().resolve()
+    if not root.is_dir():
+        raise UserError(f"data.root={root} does not exist or is not a folder")
+    presplit = (root / "train").is_dir()
+    train_dir = root / "train" if presplit else root
+    class_names = sorted(p.name for p in train_dir.iterdir() if p.is_dir())
+    if not class_names:
+        raise UserError(
+            f"data.root={train_dir} holds no class subfolders: expected "
+            f"{train_dir}/<class name>/<image files>"
+        )
+    paths, targets = _scan_classes(train_dir, class_names)
+    if not paths:
+        raise UserError(f"data.root={train_dir} holds no readable image files in its class folders")
+
+    splits = {}
+    missing = []
+    for name in ("val", "test"):
+        if presplit and (root / name).is_dir():
+            splits[name] = _scan_classes(root / name, class_names)
+        else:
+            missing.append(name)
+    fractions = [val_fraction if n == "val" else test_fraction for n in missing]
+    train_idx, *carved = stratified_split(targets, fractions, seed)
+    for name, idx in zip(missing, carved):
+        splits[name] = ([paths[i] for i in idx], [targets[i] for i in idx])
+    splits["train"] = ([paths[i] for i in train_idx], [targets[i] for i in train_idx])
+
+    def file_split(name):
+        ps, ts = splits[name]
+        return FileSplit(root, [p.relative_to(root) for p in ps], ts)
+
+    return DataBundle(
+        file_split("train"),
+        file_split("val"),
+        file_split("test"),
+        class_names=class_names,
+        in_chans=in_chans,
+        image_size=image_size,
+        batch_size=cfg.get("batch_size", 64),
+        num_workers=num_workers,
+    )

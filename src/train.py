@@ -10,6 +10,7 @@ Returns the best val/loss, the objective Hydra's sweepers minimise.
 from __future__ import annotations
 
 import logging
+import math
 import sys
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from nnrecipe import runtime
 from nnrecipe.augment import build_augmentation
 from nnrecipe.checkpoint import load_checkpoint
+from nnrecipe.checks import prediction_dynamics, run_preflight, save_dynamics
 from nnrecipe.data import build_data, iterate_batches, num_batches
 from nnrecipe.errors import UserError
 from nnrecipe.loop import evaluate, fit
@@ -54,8 +56,18 @@ def train(cfg: DictConfig, run_dir: Path, identity: dict | None = None) -> float
     config = OmegaConf.to_container(cfg, resolve=True)
     tracker = start_tracking(cfg.logger, run_dir, config, **(identity or {"name": run_dir.name}))
     try:
+        # Recipe step 2: sanity checks on copies; a FAIL raises PreflightFailed (a UserError).
+        run_preflight(model, data, cfg.checks, run_dir, tracker, seed=cfg.seed,
+                      make_optimizer=lambda m: build_optimizer(cfg.optimizer, m),
+                      augment=augment, head_bias_requested=cfg.init.head_bias == "prior")
+        if cfg.checks.only:
+            tracker.finish()
+            return math.nan
+        dynamics = prediction_dynamics(model, data, cfg.checks)
         state = fit(model, optimizer, schedule, data, cfg.trainer, tracker, checkpoints,
-                    seed=cfg.seed, augment=augment, resume=resume, config=config)
+                    seed=cfg.seed, augment=augment, resume=resume, config=config,
+                    dynamics=dynamics)
+        save_dynamics(dynamics, run_dir, tracker, state.step)
 
         # Test once, with the weights that had the best val/loss.
         if (checkpoints / "best.pt").exists():

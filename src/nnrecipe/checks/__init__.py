@@ -132,17 +132,18 @@ def _run_checks(model, data, cfg, run_dir, make_optimizer, augment, loss_fn, see
         "overfit_one_batch": lambda: check_overfit_one_batch(
             model, x[: cfg.overfit_samples], y[: cfg.overfit_samples], make_optimizer, loss_fn,
             steps=cfg.overfit_steps, target=cfg.overfit_loss, warn_ratio=cfg.overfit_warn_ratio,
+            patience=cfg.overfit_patience,
             seed=seed),
         "loss_decreases": lambda: check_loss_decreases(
-            model, steps, pool[: cfg.init_batches], make_optimizer, loss_fn,
+            model, steps, len(pool), make_optimizer, loss_fn,
             fail_drop=cfg.decrease_fail, warn_drop=cfg.decrease_warn, seed=seed),
         "input_independent_baseline": lambda: check_input_independent_baseline(
             model, steps, val, make_optimizer, loss_fn,
-            trained=results["loss_decreases"].extras.get("model")
-            if "loss_decreases" in results else None,
-            fail_gain=cfg.baseline_fail, warn_gain=cfg.baseline_warn, seed=seed),
+            trained=results["loss_decreases"].extras.get("model"),
+            min_learned=cfg.baseline_min_learned, fail_carry=cfg.baseline_fail_carry,
+            warn_gain=cfg.baseline_warn, seed=seed),
     }
-    results: dict[str, CheckResult] = {}
+    results: dict[str, CheckResult] = {"loss_decreases": CheckResult("", SKIP, "", "", "")}
     for name in CHECKS:
         if name in skip:
             results[name] = CheckResult(name, SKIP, "", "", "in checks.skip")
@@ -150,7 +151,7 @@ def _run_checks(model, data, cfg, run_dir, make_optimizer, augment, loss_fn, see
         results[name] = runs[name]()
     for r in results.values():
         r.extras.pop("model", None)  # free the trained copy
-    return list(results.values())
+    return [results[name] for name in CHECKS]
 
 
 def _batches(split, batch_size: int, count: int, device, seed: int | None = None) -> list:

@@ -248,3 +248,38 @@ def test_loss_at_init_expects_the_prior_entropy_when_the_bias_is_the_log_prior()
     assert check_loss_at_init(model, [(x, labels)], expected, why).status == PASS
     model[1].bias.data = torch.tensor([0.1, 0.9]).log()  # the prior backwards: confidently wrong
     assert check_loss_at_init(model, [(x, labels)], expected, why).status == FAIL
+
+
+def test_val_split_preprocessed_differently_fails_data_batch():
+    data = digits()
+    unnormalised_val = with_train(data)
+    unnormalised_val.val.x = data.denormalize(data.val.x)  # forgot to normalise val
+    report = preflight(ConvNet(10, 1), data=unnormalised_val, skip=["leakage"])
+    r = report["data_batch"]
+    assert r.status == FAIL and "val inputs" in r.message
+
+
+def test_forward_that_changes_its_input_in_place_fails_eval_determinism():
+    class InPlace(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.trunk, self.head = Trunk(), nn.Linear(128, 10)
+
+        def forward(self, x):
+            x.mul_(0.5).add_(0.1)  # "rescale" written in place: edits the caller's tensor
+            return self.head(self.trunk(x))
+
+    data = with_train(digits())
+    val = data.val.x.clone()
+    torch.manual_seed(0)
+    report = preflight(InPlace(), data=data, skip=["leakage"])
+    assert torch.equal(data.val.x, val)  # the checks work on copies of the batches
+    assert report["eval_determinism"].status == FAIL
+    assert "in place" in report["eval_determinism"].message
+
+
+def test_a_single_class_in_the_training_labels_fails_data_batch():
+    data = digits()
+    one_class = with_train(data, y=torch.zeros_like(data.train.y))
+    report = preflight(ConvNet(10, 1), data=one_class, skip=["leakage"])
+    assert report["data_batch"].status == FAIL and "never occur" in report["data_batch"].message

@@ -108,3 +108,22 @@ def test_single_run_with_a_failed_check_exits_1_with_one_message(tmp_path):
     assert result.returncode == 1
     assert "nnrecipe: error:" in result.stderr and "preflight check(s) failed" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_preflight_on_an_image_folder(run_train, tmp_path):
+    """File datasets: leakage by file hash, batches through the DataLoader."""
+    from PIL import Image
+
+    g = torch.Generator().manual_seed(0)
+    for c, name in enumerate(["dark", "mid", "light"]):
+        (tmp_path / "images" / name).mkdir(parents=True)
+        for i in range(14):
+            pixels = (0.3 * c + 0.2 * torch.rand(12, 12, 3, generator=g)) * 255
+            Image.fromarray(pixels.byte().numpy()).save(tmp_path / "images" / name / f"{i}.png")
+    best, run_dir = run_train(*FAST, "data=image_folder", f"data.root={tmp_path / 'images'}",
+                              "data.image_size=12", "data.batch_size=8", "data.num_workers=0",
+                              "model=mlp", "checks.only=true", "checks.strict=false")
+    rows = {r["name"]: r for r in json.loads((run_dir / "checks.json").read_text())}
+    assert rows["leakage"]["status"] == "PASS" and "val∩train: 0" in rows["leakage"]["measured"]
+    assert rows["data_batch"]["status"] == "PASS", rows["data_batch"]
+    assert (run_dir / "batch.png").exists()

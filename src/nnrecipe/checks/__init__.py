@@ -100,8 +100,11 @@ def _run_checks(model, data, cfg, run_dir, make_optimizer, augment, loss_fn, see
     seen = augment(*first) if augment is not None else first  # what the net really gets
     x, y = first[0][: cfg.batch_size], first[1][: cfg.batch_size]
     size = min(data.batch_size, cfg.batch_size)
-    pool = _batches(data.train, size, min(cfg.steps, cfg.distinct_batches), device, seed + 1)
-    steps = list(itertools.islice(itertools.cycle(pool), cfg.steps))
+    # Large models cost more per step and learn more per step: they get the smaller budget.
+    n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    n_steps = cfg.steps if n_params <= cfg.large_model_params else cfg.large_model_steps
+    pool = _batches(data.train, size, min(n_steps, cfg.distinct_batches), device, seed + 1)
+    steps = list(itertools.islice(itertools.cycle(pool), n_steps))
     val = _batches(data.val, min(cfg.val_samples, 512), -(-cfg.val_samples // 512), device)
     picture = Path(run_dir) / "batch.png" if run_dir is not None else None
     expected, why = expected_init_loss(model, data.train.labels, n)
@@ -112,7 +115,8 @@ def _run_checks(model, data, cfg, run_dir, make_optimizer, augment, loss_fn, see
             mean_warn=cfg.input_mean_warn, mean_fail=cfg.input_mean_fail,
             std_warn=tuple(cfg.input_std_warn), std_fail=tuple(cfg.input_std_fail),
             picture=picture, denormalize=data.denormalize if data.mean else None,
-            class_names=data.class_names, seed=seed),
+            class_names=data.class_names, others={"val": val[0][0]},
+            train_labels=data.train.labels, seed=seed),
         "leakage": lambda: check_leakage(data.splits, fail_fraction=cfg.leak_fail_fraction,
                                          seed=seed),
         "output_shape": lambda: check_output_shape(model, x, n, seed=seed),
@@ -159,7 +163,8 @@ def _batches(split, batch_size: int, count: int, device, seed: int | None = None
     generator = torch.Generator().manual_seed(seed) if seed is not None else None
     batches = iterate_batches(split, batch_size, shuffle=seed is not None, generator=generator,
                               device=device)
-    return list(itertools.islice(batches, max(1, count)))
+    # copies: unshuffled batches are views of the dataset, and a model may write to its input
+    return [(x.clone(), y.clone()) for x, y in itertools.islice(batches, max(1, count))]
 
 
 def prediction_dynamics(model: nn.Module, data: DataBundle, cfg) -> PredictionDynamics | None:

@@ -25,10 +25,14 @@ def check_data_batch(
     picture: Path | None = None,
     denormalize: Callable | None = None,
     class_names: list[str] | None = None,
+    others: dict[str, torch.Tensor] | None = None,
+    train_labels: torch.Tensor | None = None,
 ) -> CheckResult:
     """The exact tensor the model receives: dtype, shape, finite, normalised, labels valid.
 
-    Optionally saves `picture`: the batch as an image grid (de-normalised) with its labels.
+    `others`: inputs of other splits ({"val": x}), which must look like the training inputs
+    (same preprocessing). `train_labels`: the whole training split's labels, every class in
+    them. Optionally saves `picture`: the batch as an image grid (de-normalised) with labels.
     """
     problems: list[tuple[str, str]] = []  # (status, what is wrong and what to try)
     if not x.is_floating_point():
@@ -56,6 +60,16 @@ def check_data_batch(
     elif worst_mean > mean_warn or lo < std_warn[0] or hi > std_warn[1]:
         problems.append((WARN, f"inputs look poorly normalised (mean {_fmt(mean)}, std "
                                f"{_fmt(std)}): check data.mean/std"))
+    for split, other in (others or {}).items():
+        problems += _compare_splits(split, xf, other)
+    if train_labels is not None:
+        counts = torch.bincount(train_labels.cpu().long().clamp(0, num_classes - 1),
+                                minlength=num_classes)
+        missing = (counts == 0).nonzero().flatten().tolist()
+        if missing:
+            problems.append((FAIL if len(missing) == num_classes - 1 else WARN,
+                             f"classes {missing[:10]} never occur in the training labels "
+                             f"({num_classes - len(missing)}/{num_classes} present)"))
     labels = _hard_labels(y, problems)
     present = 0
     if labels is not None:
@@ -90,6 +104,22 @@ def check_data_batch(
                                              "valid labels: look at batch.png anyway",
         pictures=[picture] if picture is not None else [],
     )
+
+
+def _compare_splits(name: str, x: torch.Tensor, other: torch.Tensor) -> list:
+    """Other splits must be preprocessed like training (same normalisation, same scale)."""
+    if other.ndim != x.ndim or other.shape[1:] != x.shape[1:]:
+        return [(FAIL, f"{name} inputs have shape {list(other.shape[1:])}, training inputs "
+                       f"{list(x.shape[1:])}")]
+    dims = [d for d in range(x.ndim) if d != 1]
+    o = other.detach().float().nan_to_num()
+    shift = (o.mean(dims) - x.mean(dims)).abs().max().item()
+    ratio = (o.std(dims) / x.std(dims).clamp_min(1e-8)).flatten().tolist()
+    if shift > 0.75 or min(ratio) < 0.5 or max(ratio) > 2:
+        return [(FAIL, f"{name} inputs are scaled differently from training inputs (mean "
+                       f"shift {shift:.2f}, std ratio {_fmt(ratio)}): apply the same "
+                       f"transform/normalisation to every split")]
+    return []
 
 
 def _hard_labels(y: torch.Tensor, problems: list) -> torch.Tensor | None:

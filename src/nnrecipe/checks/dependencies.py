@@ -191,10 +191,16 @@ def check_eval_determinism(model: nn.Module, x: torch.Tensor, rtol: float = 1e-5
                            atol: float = 1e-6) -> CheckResult:
     """Two evaluation passes on the same batch give the same outputs (on a copy)."""
     net = copy.deepcopy(model).eval()
+    original = x.clone()
     with torch.no_grad():
         a, b = net(x).float(), net(x).float()
     diff = (a - b).abs().nan_to_num(math.inf).max().item()
     measured, expected = f"max |Δ| = {diff:.2e}", f"identical (<= {atol:g} + {rtol:g}·|out|)"
+    if not torch.equal(x, original):
+        x.copy_(original)  # the batch may be a view of the dataset: put it back
+        return CheckResult("eval_determinism", FAIL, measured + "; input changed", expected,
+                           "forward modifies its input in place (x.relu_(), x += ...): it "
+                           "corrupts the data it is given; use out-of-place ops on the input")
     if not torch.allclose(a, b, rtol=rtol, atol=atol, equal_nan=True):
         return CheckResult("eval_determinism", FAIL, measured, expected,
                            "eval outputs are random: dropout/noise still on in eval mode "

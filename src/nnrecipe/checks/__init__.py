@@ -71,9 +71,15 @@ def run_preflight(
     """
     if not cfg.enabled:
         return Report([])
-    with preserved_rng(seed=None):  # whatever the checks draw, the global stream is restored
-        results = _run_checks(model, data, cfg, run_dir, make_optimizer, augment, loss_fn, seed,
-                              head_bias_requested)
+    threads = torch.get_num_threads()
+    if next(model.parameters()).device.type == "cpu" and cfg.get("num_threads"):
+        torch.set_num_threads(min(threads, cfg.num_threads))
+    try:
+        with preserved_rng(seed=None):  # whatever the checks draw, the global stream is restored
+            results = _run_checks(model, data, cfg, run_dir, make_optimizer, augment, loss_fn,
+                                  seed, head_bias_requested)
+    finally:
+        torch.set_num_threads(threads)
     report = Report(results)
     log.info("\n%s", report.table())
     if run_dir is not None:

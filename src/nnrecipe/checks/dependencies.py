@@ -49,6 +49,10 @@ def check_batch_independence(model: nn.Module, x: torch.Tensor, probes: int = 3,
         (grad,) = torch.autograd.grad((out[i] * project).sum(), x, retain_graph=True,
                                       allow_unused=True)
         grad = torch.zeros_like(x) if grad is None else grad
+        if not bool(torch.isfinite(grad).all()):
+            return CheckResult(name, FAIL, f"NaN/Inf gradient w.r.t. the input (probe {i})",
+                               expected, "the dependencies cannot be charted through NaN: "
+                               "see gradient_flow for where it starts")
         per_sample = grad.detach().abs().flatten(1).amax(1)
         own = per_sample[i].item()
         others = torch.cat([per_sample[:i], per_sample[i + 1:]]).max().item()

@@ -112,15 +112,16 @@ class Report:
     def __getitem__(self, name: str) -> CheckResult:
         return next(r for r in self.results if r.name == name)
 
-    def table(self, width: int = 60) -> str:
-        """The console table: one line per check, the message wrapped below when long."""
-        head = f"{'check':<26} {'status':<6} {'measured':<34} {'expected':<30} {'s':>5}"
-        lines = ["preflight checks", head, "-" * len(head)]
+    def table(self) -> str:
+        """The console table: check, status, seconds, measured; then expected and the message."""
+        head = f"{'check':<26} {'status':<6} {'s':>5}  measured / expected / what to do"
+        lines = ["preflight checks", head, "-" * 100]
         for r in self.results:
-            lines.append(f"{r.name:<26} {r.status:<6} {_cut(r.measured, 34):<34} "
-                         f"{_cut(r.expected, 30):<30} {r.seconds:5.2f}")
-            if r.status != PASS or r.message:
-                lines.append(f"{'':<26} -> {r.message}")
+            lines.append(f"{r.name:<26} {r.status:<6} {r.seconds:5.2f}  {r.measured}")
+            if r.expected:
+                lines.append(f"{'':<41}expected: {r.expected}")
+            if r.message:
+                lines.append(f"{'':<41}-> {r.message}")
         lines.append(f"{len(self.results)} checks in {self.seconds:.2f} s: "
                      + ", ".join(f"{sum(r.status == s for r in self.results)} {s}"
                                  for s in (PASS, WARN, FAIL, SKIP)))
@@ -158,7 +159,3 @@ class Report:
             )
         log.warning("checks.strict=false: training despite %d failed check(s): %s",
                     len(self.failures), names)
-
-
-def _cut(text: str, n: int) -> str:
-    return text if len(text) <= n else text[: n - 1] + "…"

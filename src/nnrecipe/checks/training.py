@@ -183,7 +183,7 @@ def check_input_independent_baseline(model: nn.Module, batches: Sequence[Batch],
     can only memorise). `trained`: a copy already trained on `batches`, reused.
     """
     name = "input_independent_baseline"
-    expected = f"real beats zero-input on val (>= {warn_gain:.0%}, >= {fail_carry:.0%} of train)"
+    expected = f"real beats zero-input on val (>= {warn_gain:.1%}, >= {fail_carry:.0%} of train)"
     if trained is None:
         trained, _ = train_copy(model, make_optimizer, batches, loss_fn)
     zero_model, _ = train_copy(model, make_optimizer, batches, loss_fn, zero_inputs=True)

@@ -103,3 +103,26 @@ def test_no_check_fails_on_a_timm_resnet_with_zero_initialised_gates():
                                                    "input_independent_baseline"])
     assert report["gradient_flow"].status == PASS, report["gradient_flow"]
     assert not [r for r in report.results if r.status == FAIL]
+
+
+def test_optimizer_like_gives_a_copy_the_same_groups_and_leaves_the_original_alone():
+    import copy
+
+    from checks_helpers import checks_cfg
+
+    from nnrecipe.checks import optimizer_like, run_preflight
+
+    torch.manual_seed(0)
+    model = MLP(10, 1, 8)
+    original = torch.optim.SGD([{"params": model.body.parameters(), "lr": 0.1},
+                                {"params": model.head.parameters(), "lr": 0.01}], momentum=0.9)
+    twin = copy.deepcopy(model)
+    made = optimizer_like(original, model)(twin)
+    assert [g["lr"] for g in made.param_groups] == [0.1, 0.01]
+    assert made.param_groups[1]["params"][0] is twin.head.weight
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    report = run_preflight(model, digits(), checks_cfg(),
+                           make_optimizer=optimizer_like(original, model))
+    assert report["overfit_one_batch"].status == PASS
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert not original.state  # the real optimizer never stepped

@@ -41,10 +41,10 @@ def optimizer_like(optimizer: torch.optim.Optimizer,
 
 def train_copy(model: nn.Module, make_optimizer: Callable, batches: Sequence[Batch],
                loss_fn: Callable = F.cross_entropy, zero_inputs: bool = False,
-               stop_below: float | None = None) -> tuple[nn.Module, list[float]]:
+               stop: Callable[[list[float]], bool] | None = None) -> tuple[nn.Module, list[float]]:
     """Train a deep copy on `batches` (one step each), return it and the per-step losses.
 
-    Stops at the first non-finite loss, or once the loss is below `stop_below`.
+    Stops at the first non-finite loss, or when `stop(losses so far)` says so.
     """
     net = copy.deepcopy(model).train()
     optimizer = make_optimizer(net)
@@ -54,7 +54,7 @@ def train_copy(model: nn.Module, make_optimizer: Callable, batches: Sequence[Bat
             x = torch.zeros_like(x)
         loss = loss_fn(net(x), y)
         losses.append(loss.item())
-        if not math.isfinite(losses[-1]) or (stop_below is not None and losses[-1] < stop_below):
+        if not math.isfinite(losses[-1]) or (stop is not None and stop(losses)):
             break
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -93,21 +93,16 @@ def check_overfit_one_batch(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
     """
     name = "overfit_one_batch"
     expected = f"loss < {target:g} within {steps} steps on {len(x)} samples"
-    net = copy.deepcopy(model).train()
-    optimizer = make_optimizer(net)
-    losses: list[float] = []
-    for step in range(steps):
-        loss = loss_fn(net(x), y)
-        losses.append(loss.item())
-        if not math.isfinite(losses[-1]) or losses[-1] < target:
-            break
-        if step and step % patience == 0:
+
+    def stop(losses: list[float]) -> bool:
+        if losses[-1] < target:
+            return True
+        if len(losses) > patience and (len(losses) - 1) % patience == 0:
             recent, earlier = losses[-10:], losses[-patience - 10:-patience] or losses[:1]
-            if sum(recent) / len(recent) > 0.99 * sum(earlier) / len(earlier):
-                break  # no progress over the last `patience` steps
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+            return sum(recent) / len(recent) > 0.99 * sum(earlier) / len(earlier)  # stalled
+        return False
+
+    net, losses = train_copy(model, make_optimizer, [(x, y)] * steps, loss_fn, stop=stop)
     final = losses[-1]
     if math.isfinite(final) and final >= target:
         final = min(final, eval_loss(net, [(x, y)], loss_fn)[0])

@@ -22,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from nnrecipe import runtime
 from nnrecipe.augment import build_augmentation
 from nnrecipe.checkpoint import load_checkpoint
+from nnrecipe.checks import prediction_dynamics, run_preflight, save_dynamics
 from nnrecipe.data import build_data, iterate_batches, num_batches
 from nnrecipe.errors import UserError
 from nnrecipe.loop import Diverged, evaluate, fit
@@ -33,8 +34,9 @@ from nnrecipe.tracking import run_identity, start_tracking
 log = logging.getLogger("nnrecipe")
 
 
-def train(cfg: DictConfig, run_dir: Path, identity: dict | None = None) -> float:
-    """Train one run; return its objective (cfg.objective of the best epoch) for a sweeper."""
+def train(cfg: DictConfig, run_dir: Path, identity: dict | None = None) -> float | None:
+    """Train one run; return its objective (cfg.objective of the best epoch) for a sweeper
+    (None with checks.only: the preflight ran, nothing trained)."""
     runtime.seed_everything(cfg.seed)
     runtime.set_threads(cfg.trainer.num_threads)
     objective = cfg.get("objective", "val/loss")
@@ -62,8 +64,19 @@ def train(cfg: DictConfig, run_dir: Path, identity: dict | None = None) -> float
         if resume is not None:
             _carry_best_checkpoint(Path(cfg.trainer.resume), checkpoints)
 
+        # Recipe step 2: sanity checks on copies; a FAIL raises PreflightFailed (a UserError).
+        report = run_preflight(model, data, cfg.checks, run_dir, tracker, seed=cfg.seed,
+                               make_optimizer=lambda m: build_optimizer(cfg.optimizer, m),
+                               augment=augment, head_bias_requested=cfg.init.head_bias == "prior")
+        if cfg.checks.only:  # no objective: a sweeper records such a trial as failed
+            write_metrics(run_dir, "checked", checks={r.name: r.status for r in report.results})
+            tracker.finish()
+            return None
+        dynamics = prediction_dynamics(model, data, cfg.checks)
         state = fit(model, optimizer, schedule, data, cfg.trainer, tracker, checkpoints,
-                    seed=cfg.seed, augment=augment, resume=resume, config=config)
+                    seed=cfg.seed, augment=augment, resume=resume, config=config,
+                    dynamics=dynamics)
+        save_dynamics(dynamics, run_dir, tracker, state.step)
         if state.best_epoch < 0:
             raise Diverged("no epoch reached a finite val/loss: lower optimizer.lr or check the "
                            "data (trainer.max_epochs must be at least 1)")
@@ -102,7 +115,7 @@ def _carry_best_checkpoint(resume: Path, checkpoints: Path) -> None:
 
 
 @hydra.main(config_path="../conf", config_name="train", version_base="1.3")
-def main(cfg: DictConfig) -> float:
+def main(cfg: DictConfig) -> float | None:
     hc = HydraConfig.get()
     try:
         if str(hc.mode) == "RunMode.MULTIRUN":  # parallel trials: one GPU, a share of the cores

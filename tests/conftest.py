@@ -29,14 +29,19 @@ def train_module():
 
 @pytest.fixture
 def compose_cfg():
-    """compose_cfg(*overrides) -> the DictConfig src/train.py would get (logger off, quiet)."""
+    """compose_cfg(*overrides) -> the DictConfig src/train.py would get (logger off, quiet).
+
+    The preflight is off unless a test asks for it (`checks=default`): its tests are
+    test_checks_*.py, and 2-3 s per training run would double the suite's time.
+    """
     from hydra import compose, initialize_config_dir
 
     def _compose(*overrides, logger="none"):
+        quiet = [f"logger={logger}", "trainer.progress=false"]
+        if not any(o.startswith("checks=") for o in overrides):
+            quiet.append("checks=off")
         with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
-            return compose(
-                "train", overrides=[f"logger={logger}", "trainer.progress=false", *overrides]
-            )
+            return compose("train", overrides=[*quiet, *overrides])
 
     return _compose
 

@@ -78,10 +78,12 @@ def fit(
     augment=None,
     resume: dict | None = None,
     config: dict | None = None,
+    dynamics=None,
 ) -> FitState:
     """Train for trainer.max_epochs, evaluating on the whole validation split after each epoch.
 
     Checkpoints: `last.pt` after every epoch, `best.pt` whenever val/loss improves.
+    `dynamics`: a checks.PredictionDynamics (or None) that records predictions each epoch.
     """
     device = next(model.parameters()).device
     net = torch.compile(model) if trainer.compile else model
@@ -128,6 +130,8 @@ def fit(
                        data.num_workers)
         schedule.epoch_end(val["loss"])
         state.epoch = epoch + 1
+        if dynamics is not None:  # eval mode, no grad: draws no random numbers
+            dynamics.record(model, state.epoch)
         improved = val["loss"] < state.best_val_loss - trainer.early_stopping.min_delta
         if improved:
             state.best_val_loss, state.best_val_acc = val["loss"], val["acc"]

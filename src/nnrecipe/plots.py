@@ -191,3 +191,38 @@ def mosaic(
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def probability_lines(
+    probs: torch.Tensor,
+    steps: list[int],
+    highlight: list[int],
+    path: Path,
+    titles: list[str] | None = None,
+    title: str | None = None,
+    ncols: int = 4,
+) -> Path:
+    """probs [N, T, C]: one panel per sample, one line per class over the T steps; the
+    `highlight` class of each sample in thick green, the others thin grey."""
+    n = len(probs)
+    ncols = max(1, min(ncols, n))
+    nrows = max(1, math.ceil(n / ncols))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(2.4 * ncols, 1.8 * nrows), squeeze=False,
+                             sharex=True, sharey=True)
+    for i, ax in enumerate(axes.flat):
+        if i >= n:
+            ax.axis("off")
+            continue
+        for c in range(probs.shape[-1]):
+            if c != highlight[i]:
+                ax.plot(steps, probs[i, :, c], color="0.6", lw=0.8)
+        ax.plot(steps, probs[i, :, highlight[i]], color="tab:green", lw=2.2)
+        ax.set_ylim(-0.02, 1.02)
+        ax.tick_params(labelsize=6)
+        if titles:
+            ax.set_title(titles[i], fontsize=7)
+    for ax in axes[-1]:
+        ax.set_xlabel("epoch", fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    return save(fig, path)

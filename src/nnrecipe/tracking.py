@@ -20,9 +20,13 @@ class Tracker:
 
     def update_config(self, config: dict) -> None: ...
 
-    def image(self, key: str, path: Path, caption: str | None = None) -> None: ...
+    # step: the training step the media belongs to (None: W&B's next step). The preflight logs
+    # at step 0 so that training's own steps 1, 2, ... are not refused as going backwards.
+    def image(self, key: str, path: Path, caption: str | None = None,
+              step: int | None = None) -> None: ...
 
-    def table(self, key: str, columns: list[str], rows: list[list]) -> None: ...
+    def table(self, key: str, columns: list[str], rows: list[list],
+              step: int | None = None) -> None: ...
 
     def finish(self, failed: bool = False) -> None: ...
 
@@ -40,15 +44,15 @@ class WandbTracker(Tracker):
     def update_config(self, config):
         self.run.config.update(config, allow_val_change=True)
 
-    def image(self, key, path, caption=None):
+    def image(self, key, path, caption=None, step=None):
         import wandb
 
-        self.run.log({key: wandb.Image(str(path), caption=caption)})
+        self.run.log({key: wandb.Image(str(path), caption=caption)}, step=step)
 
-    def table(self, key, columns, rows):
+    def table(self, key, columns, rows, step=None):
         import wandb
 
-        self.run.log({key: wandb.Table(columns=columns, data=rows)})
+        self.run.log({key: wandb.Table(columns=columns, data=rows)}, step=step)
 
     def finish(self, failed=False):
         offline = self.run.settings.mode == "offline"

@@ -1,0 +1,205 @@
+"""Recipe step 2, "set up the end-to-end skeleton + get dumb baselines", as checks.
+
+Each check is a plain function on a model, a loss and batches that returns a CheckResult, so
+it can be called from a notebook. run_preflight() runs them all on the configured model, data
+and optimizer before training; they work on copies and on a private RNG stream, so training
+afterwards is bit-identical to a run without them.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from nnrecipe.checks.data import check_data_batch, check_leakage, check_output_shape, model_in_chans
+from nnrecipe.checks.dependencies import (
+    check_batch_independence,
+    check_eval_determinism,
+    check_gradient_flow,
+    locate_nonfinite,
+)
+from nnrecipe.checks.dynamics import PredictionDynamics
+from nnrecipe.checks.init import check_init_well, check_loss_at_init, expected_init_loss
+from nnrecipe.checks.report import (
+    FAIL,
+    PASS,
+    SKIP,
+    WARN,
+    CheckResult,
+    PreflightFailed,
+    Report,
+    preserved_rng,
+)
+from nnrecipe.checks.training import (
+    adam,
+    check_input_independent_baseline,
+    check_loss_decreases,
+    check_overfit_one_batch,
+    optimizer_like,
+    train_copy,
+)
+from nnrecipe.data import DataBundle, iterate_batches
+
+log = logging.getLogger("nnrecipe")
+
+CHECKS = ["data_batch", "leakage", "output_shape", "init_well", "loss_at_init",
+          "batch_independence", "gradient_flow", "eval_determinism", "overfit_one_batch",
+          "loss_decreases", "input_independent_baseline"]
+
+
+def run_preflight(
+    model: nn.Module,
+    data: DataBundle,
+    cfg,
+    run_dir: Path | None = None,
+    tracker=None,
+    make_optimizer: Callable[[nn.Module], torch.optim.Optimizer] = adam,
+    augment: Callable | None = None,
+    loss_fn: Callable = F.cross_entropy,
+    seed: int = 0,
+    head_bias_requested: bool = True,
+) -> Report:
+    """Run every check (cfg: conf/checks), print the table, write checks.json, log to W&B.
+
+    Raises PreflightFailed when a check fails and cfg.strict (or cfg.only) is set.
+    """
+    if not cfg.enabled:
+        return Report([])
+    threads = torch.get_num_threads()
+    if next(model.parameters()).device.type == "cpu" and cfg.get("num_threads"):
+        torch.set_num_threads(min(threads, cfg.num_threads))
+    try:
+        with preserved_rng(seed=None):  # whatever the checks draw, the global stream is restored
+            results = _run_checks(model, data, cfg, run_dir, make_optimizer, augment, loss_fn,
+                                  seed, head_bias_requested)
+    finally:
+        torch.set_num_threads(threads)
+    report = Report(results)
+    log.info("\n%s", report.table())
+    if run_dir is not None:
+        report.write_json(Path(run_dir) / "checks.json")
+    if tracker is not None:
+        report.log_to(tracker, step=0)
+    report.raise_if_failed(strict=cfg.strict or cfg.get("only", False))
+    return report
+
+
+def _run_checks(model, data, cfg, run_dir, make_optimizer, augment, loss_fn, seed,
+                head_bias_requested) -> list[CheckResult]:
+    device = next(model.parameters()).device
+    skip = set(cfg.get("skip") or [])
+    unknown = skip - set(CHECKS)
+    if unknown:
+        from nnrecipe.errors import UserError
+
+        raise UserError(f"checks.skip names unknown checks {sorted(unknown)}: use {CHECKS}")
+    n = data.num_classes
+    # The loop's very first batch: same shuffle seed, same generator type as fit().
+    first = next(iterate_batches(data.train, data.batch_size, shuffle=True,
+                                 generator=torch.Generator().manual_seed(seed), device=device))
+    seen = augment(*first) if augment is not None else first  # what the net really gets
+    x, y = first[0][: cfg.batch_size], first[1][: cfg.batch_size]
+    size = min(data.batch_size, cfg.batch_size)
+    # Large models cost more per step and learn more per step: they get the smaller budget.
+    n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    n_steps = cfg.steps if n_params <= cfg.large_model_params else cfg.large_model_steps
+    pool = _batches(data.train, size, min(n_steps, cfg.distinct_batches), device, seed + 1)
+    steps = list(itertools.islice(itertools.cycle(pool), n_steps))
+    val = _batches(data.val, min(cfg.val_samples, 512), -(-cfg.val_samples // 512), device)
+    picture = Path(run_dir) / "batch.png" if run_dir is not None else None
+    expected, why = expected_init_loss(model, data.train.labels, n)
+
+    runs = {
+        "data_batch": lambda: check_data_batch(
+            *seen, n, in_chans=model_in_chans(model) or data.in_chans,
+            mean_warn=cfg.input_mean_warn, mean_fail=cfg.input_mean_fail,
+            std_warn=tuple(cfg.input_std_warn), std_fail=tuple(cfg.input_std_fail),
+            picture=picture, denormalize=data.denormalize if data.mean else None,
+            class_names=data.class_names, others={"val": val[0][0]},
+            train_labels=data.train.labels, seed=seed),
+        "leakage": lambda: check_leakage(data.splits, fail_fraction=cfg.leak_fail_fraction,
+                                         seed=seed),
+        "output_shape": lambda: check_output_shape(model, x, n, seed=seed),
+        "init_well": lambda: check_init_well(model, data.train.labels, n,
+                                             requested=head_bias_requested, seed=seed),
+        "loss_at_init": lambda: check_loss_at_init(
+            model, pool[: cfg.init_batches], expected, why, loss_fn,
+            warn_excess=cfg.init_loss_warn, fail_excess=cfg.init_loss_fail,
+            slack=cfg.init_loss_slack, seed=seed),
+        "batch_independence": lambda: check_batch_independence(
+            model, x[: cfg.independence_samples], probes=cfg.independence_probes,
+            tol=cfg.independence_tol, seed=seed),
+        "gradient_flow": lambda: check_gradient_flow(model, x, y, loss_fn, make_optimizer,
+                                                     cfg.gradient_recheck_steps, seed=seed),
+        "eval_determinism": lambda: check_eval_determinism(model, x, rtol=cfg.eval_rtol,
+                                                           atol=cfg.eval_atol, seed=seed),
+        "overfit_one_batch": lambda: check_overfit_one_batch(
+            model, x[: cfg.overfit_samples], y[: cfg.overfit_samples], make_optimizer, loss_fn,
+            steps=cfg.overfit_steps, target=cfg.overfit_loss, warn_ratio=cfg.overfit_warn_ratio,
+            patience=cfg.overfit_patience,
+            seed=seed),
+        "loss_decreases": lambda: check_loss_decreases(
+            model, steps, len(pool), make_optimizer, loss_fn,
+            fail_drop=cfg.decrease_fail, warn_drop=cfg.decrease_warn, seed=seed),
+        "input_independent_baseline": lambda: check_input_independent_baseline(
+            model, steps, val, make_optimizer, loss_fn,
+            trained=results["loss_decreases"].extras.get("model"),
+            min_learned=cfg.baseline_min_learned, fail_carry=cfg.baseline_fail_carry,
+            warn_gain=cfg.baseline_warn, seed=seed),
+    }
+    results: dict[str, CheckResult] = {"loss_decreases": CheckResult("", SKIP, "", "", "")}
+    for name in CHECKS:
+        if name in skip:
+            results[name] = CheckResult(name, SKIP, "", "", "in checks.skip")
+            continue
+        results[name] = runs[name]()
+    for r in results.values():
+        r.extras.pop("model", None)  # free the trained copy
+    return [results[name] for name in CHECKS]
+
+
+def _batches(split, batch_size: int, count: int, device, seed: int | None = None) -> list:
+    """`count` batches of a split: shuffled by `seed` (own generator), or in order for None."""
+    generator = torch.Generator().manual_seed(seed) if seed is not None else None
+    batches = iterate_batches(split, batch_size, shuffle=seed is not None, generator=generator,
+                              device=device)
+    # copies: unshuffled batches are views of the dataset, and a model may write to its input
+    return [(x.clone(), y.clone()) for x, y in itertools.islice(batches, max(1, count))]
+
+
+def prediction_dynamics(model: nn.Module, data: DataBundle, cfg) -> PredictionDynamics | None:
+    """The recorder fit() calls once per epoch, on the first val samples, with the untrained
+    model's predictions as epoch 0; None when off."""
+    if not (cfg.enabled and cfg.prediction_dynamics):
+        return None
+    device = next(model.parameters()).device
+    x, y = _batches(data.val, cfg.dynamics_samples, 1, device)[0]
+    dynamics = PredictionDynamics(x, y, data.class_names)
+    dynamics.record(model, 0)
+    return dynamics
+
+
+def save_dynamics(dynamics: PredictionDynamics | None, run_dir: Path, tracker, step: int) -> None:
+    if dynamics is None:
+        return
+    path = dynamics.draw(Path(run_dir) / "prediction_dynamics.png")
+    if path is not None and tracker is not None:
+        tracker.image("checks/prediction_dynamics", path, caption="prediction dynamics",
+                      step=step)
+
+
+__all__ = [
+    "CHECKS", "FAIL", "PASS", "SKIP", "WARN", "CheckResult", "PredictionDynamics",
+    "PreflightFailed", "Report", "adam", "check_batch_independence", "check_data_batch",
+    "check_eval_determinism", "check_gradient_flow", "check_init_well",
+    "check_input_independent_baseline", "check_leakage", "check_loss_at_init",
+    "check_loss_decreases", "check_output_shape", "check_overfit_one_batch",
+    "expected_init_loss", "locate_nonfinite", "optimizer_like", "prediction_dynamics",
+    "run_preflight", "save_dynamics", "train_copy",
+]

@@ -1,0 +1,161 @@
+"""CheckResult, the console table, checks.json and the W&B summary + table."""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from nnrecipe import runtime
+from nnrecipe.errors import UserError
+
+log = logging.getLogger("nnrecipe")
+
+PASS, WARN, FAIL, SKIP = "PASS", "WARN", "FAIL", "SKIP"
+_SEVERITY = {SKIP: 0, PASS: 1, WARN: 2, FAIL: 3}
+COLUMNS = ["name", "status", "measured", "expected", "message", "seconds"]
+
+
+class PreflightFailed(UserError):
+    """A preflight check failed with checks.strict=true: the run stops before training."""
+
+
+@dataclass
+class CheckResult:
+    name: str
+    status: str          # PASS | WARN | FAIL | SKIP
+    measured: str        # what the check saw, with numbers
+    expected: str        # what a healthy setup gives
+    message: str         # what it means and what to try
+    seconds: float = 0.0
+    # Not written to checks.json: pictures saved and objects a later check may reuse.
+    pictures: list[Path] = field(default_factory=list, repr=False)
+    extras: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def failed(self) -> bool:
+        return self.status == FAIL
+
+    def row(self) -> list:
+        return [self.name, self.status, self.measured, self.expected, self.message,
+                round(self.seconds, 3)]
+
+
+def worst(*statuses: str) -> str:
+    return max(statuses, key=_SEVERITY.__getitem__, default=PASS)
+
+
+class preserved_rng:
+    """Run a block on a private RNG stream (seeded), then put the global RNG state back.
+
+    The checks draw random numbers (dropout, init of probe vectors); the real training must
+    see exactly the stream it would have seen without them.
+    """
+
+    def __init__(self, seed: int | None = 0):
+        self.seed = seed
+
+    def __enter__(self):
+        self.state = runtime.rng_state()
+        if self.seed is not None:
+            random.seed(self.seed)
+            np.random.seed(self.seed)
+            torch.manual_seed(self.seed)
+        return self
+
+    def __exit__(self, *exc):
+        runtime.set_rng_state(self.state)
+        return False
+
+
+def timed_check(name: str):
+    """Decorator: time the check, run it on a private RNG stream, turn a crash into a FAIL."""
+
+    def decorate(fn):
+        @functools.wraps(fn)
+        def wrapper(*args, seed: int = 0, **kwargs) -> CheckResult:
+            start = time.perf_counter()
+            with preserved_rng(seed):
+                try:
+                    result = fn(*args, **kwargs)
+                except Exception as e:  # a check that crashes is itself a finding
+                    result = CheckResult(name, FAIL, f"raised {type(e).__name__}",
+                                         "runs without error", f"{type(e).__name__}: {e}")
+            result.seconds = time.perf_counter() - start
+            return result
+
+        wrapper.check_name = name
+        return wrapper
+
+    return decorate
+
+
+@dataclass
+class Report:
+    results: list[CheckResult]
+
+    @property
+    def failures(self) -> list[CheckResult]:
+        return [r for r in self.results if r.failed]
+
+    @property
+    def seconds(self) -> float:
+        return sum(r.seconds for r in self.results)
+
+    def __getitem__(self, name: str) -> CheckResult:
+        return next(r for r in self.results if r.name == name)
+
+    def table(self) -> str:
+        """The console table: check, status, seconds, measured; then expected and the message."""
+        head = f"{'check':<26} {'status':<6} {'s':>5}  measured / expected / what to do"
+        lines = ["preflight checks", head, "-" * 100]
+        for r in self.results:
+            lines.append(f"{r.name:<26} {r.status:<6} {r.seconds:5.2f}  {r.measured}")
+            if r.expected:
+                lines.append(f"{'':<41}expected: {r.expected}")
+            if r.message:
+                lines.append(f"{'':<41}-> {r.message}")
+        lines.append(f"{len(self.results)} checks in {self.seconds:.2f} s: "
+                     + ", ".join(f"{sum(r.status == s for r in self.results)} {s}"
+                                 for s in (PASS, WARN, FAIL, SKIP)))
+        return "\n".join(lines)
+
+    def write_json(self, path: Path) -> Path:
+        rows = [{k: v for k, v in asdict(r).items() if k in COLUMNS} for r in self.results]
+        for row in rows:
+            row["seconds"] = round(row["seconds"], 4)
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(rows, indent=2))
+        return path
+
+    def log_to(self, tracker, step: int = 0) -> None:
+        """W&B: summary checks/<name> = status, a checks/table table, the pictures."""
+        summary = {f"checks/{r.name}": r.status for r in self.results}
+        summary["checks/failed"] = len(self.failures)
+        summary["checks/seconds"] = round(self.seconds, 3)
+        tracker.summary(summary)
+        tracker.table("checks/table", COLUMNS, [r.row() for r in self.results], step=step)
+        for r in self.results:
+            for picture in r.pictures:
+                tracker.image(f"checks/{Path(picture).stem}", picture, caption=r.name, step=step)
+
+    def raise_if_failed(self, strict: bool) -> None:
+        if not self.failures:
+            return
+        names = "; ".join(f"{r.name}: {r.message}" for r in self.failures)
+        if strict:
+            raise PreflightFailed(
+                f"{len(self.failures)} preflight check(s) failed before training. {names} "
+                f"(table above, checks.json in the run folder). Fix the cause, or train anyway "
+                f"with checks.strict=false (checks=off skips the checks)."
+            )
+        log.warning("checks.strict=false: training despite %d failed check(s): %s",
+                    len(self.failures), names)

@@ -1,0 +1,206 @@
+"""Short trainings on copies: overfit one batch, loss decreases, input-independent baseline."""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from nnrecipe.checks.report import FAIL, PASS, WARN, CheckResult, timed_check
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+def adam(model: nn.Module) -> torch.optim.Optimizer:
+    """The recipe's default optimizer, for checks called without one."""
+    return torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=3e-4)
+
+
+def optimizer_like(optimizer: torch.optim.Optimizer,
+                   model: nn.Module) -> Callable[[nn.Module], torch.optim.Optimizer]:
+    """A factory giving a deep copy of `model` a fresh optimizer of `optimizer`'s class, groups
+    and hyper-parameters (parameters matched by position, which deepcopy keeps).
+
+    Call it before a schedule changes the lr (a warmup starts near 0).
+    """
+    originals = list(model.parameters())
+
+    def make(model_copy: nn.Module) -> torch.optim.Optimizer:
+        mapping = {id(p): q for p, q in zip(originals, model_copy.parameters(), strict=True)}
+        groups = [{**{k: v for k, v in g.items() if k != "params"},
+                   "params": [mapping[id(p)] for p in g["params"]]}
+                  for g in optimizer.param_groups]
+        return type(optimizer)(groups, **optimizer.defaults)
+
+    return make
+
+
+def train_copy(model: nn.Module, make_optimizer: Callable, batches: Sequence[Batch],
+               loss_fn: Callable = F.cross_entropy, zero_inputs: bool = False,
+               stop: Callable[[list[float]], bool] | None = None) -> tuple[nn.Module, list[float]]:
+    """Train a deep copy on `batches` (one step each), return it and the per-step losses.
+
+    Stops at the first non-finite loss, or when `stop(losses so far)` says so.
+    """
+    net = copy.deepcopy(model).train()
+    optimizer = make_optimizer(net)
+    losses = []
+    for x, y in batches:
+        if zero_inputs:
+            x = torch.zeros_like(x)
+        loss = loss_fn(net(x), y)
+        losses.append(loss.item())
+        if not math.isfinite(losses[-1]) or (stop is not None and stop(losses)):
+            break
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    return net, losses
+
+
+@torch.no_grad()
+def eval_loss(model: nn.Module, batches: Sequence[Batch], loss_fn: Callable = F.cross_entropy,
+              zero_inputs: bool = False) -> tuple[float, float]:
+    """Mean loss and accuracy in eval mode (the model's mode is restored)."""
+    was_training = model.training
+    model.eval()
+    total, correct, n = 0.0, 0, 0
+    for x, y in batches:
+        x = torch.zeros_like(x) if zero_inputs else x
+        logits = model(x).float()
+        total += loss_fn(logits, y).item() * len(x)
+        correct += (logits.argmax(1) == (y if y.ndim == 1 else y.argmax(1))).sum().item()
+        n += len(x)
+    model.train(was_training)
+    return total / max(1, n), correct / max(1, n)
+
+
+@timed_check("overfit_one_batch")
+def check_overfit_one_batch(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                            make_optimizer: Callable = adam, loss_fn: Callable = F.cross_entropy,
+                            steps: int = 1000, target: float = 0.2,
+                            warn_ratio: float = 0.5, patience: int = 50) -> CheckResult:
+    """A copy trained on one small batch must drive its loss below `target` within `steps`.
+
+    Stops at the target, or when the loss (mean of 10 steps) has not improved by 1% over the
+    last `patience` steps: a dead or wild optimizer does not get the whole budget. The loss
+    counted is the lower of the last training-mode loss and the eval-mode loss, so dropout's
+    noise does not hide a batch that is in fact memorised.
+    """
+    name = "overfit_one_batch"
+    expected = f"loss < {target:g} within {steps} steps on {len(x)} samples"
+
+    def stop(losses: list[float]) -> bool:
+        if losses[-1] < target:
+            return True
+        if len(losses) > patience and (len(losses) - 1) % patience == 0:
+            recent, earlier = losses[-10:], losses[-patience - 10:-patience] or losses[:1]
+            return sum(recent) / len(recent) > 0.99 * sum(earlier) / len(earlier)  # stalled
+        return False
+
+    net, losses = train_copy(model, make_optimizer, [(x, y)] * steps, loss_fn, stop=stop)
+    final = losses[-1]
+    if math.isfinite(final) and final >= target:
+        final = min(final, eval_loss(net, [(x, y)], loss_fn)[0])
+    measured = f"{losses[0]:.3f} -> {final:.3g} in {len(losses)} steps"
+    result = dict(extras={"losses": losses})
+    if not math.isfinite(final):
+        return CheckResult(name, FAIL, measured, expected,
+                           "the loss became NaN/Inf: learning rate far too high, or a NaN "
+                           "in the model (see gradient_flow)", **result)
+    if final < target:
+        return CheckResult(name, PASS, measured, expected, "", **result)
+    if final < warn_ratio * losses[0]:
+        return CheckResult(name, WARN, measured, expected,
+                           "learns but cannot memorise one batch in the budget: learning rate "
+                           "low, strong regularisation, or the model too small", **result)
+    return CheckResult(name, FAIL, measured, expected,
+                       "cannot memorise a single batch: learning rate far off (too high or too "
+                       "low), outputs squashed before the loss (softmax before cross-entropy), "
+                       "or gradients not reaching the weights", **result)
+
+
+@timed_check("loss_decreases")
+def check_loss_decreases(model: nn.Module, batches: Sequence[Batch], cycle: int,
+                         make_optimizer: Callable = adam, loss_fn: Callable = F.cross_entropy,
+                         fail_drop: float = 0.02, warn_drop: float = 0.1) -> CheckResult:
+    """A copy trained one step per batch; `batches` repeats a pool of `cycle` batches.
+
+    The training loss over the last pass through the pool is compared with the untrained
+    copy's loss on the same pool (both in training mode): same samples, so the drop is not
+    batch-to-batch noise. It must drop by warn_drop (WARN below) and stay finite. The trained
+    copy is kept in `.extras["model"]` for the input-independent baseline.
+    """
+    name = "loss_decreases"
+    expected = f"finite, loss drops >= {warn_drop:.0%} in {len(batches)} steps"
+    cycle = max(1, min(cycle, len(batches)))
+    with torch.no_grad():
+        untrained = copy.deepcopy(model).train()
+        before = sum(loss_fn(untrained(x), y).item() for x, y in batches[:cycle]) / cycle
+    net, losses = train_copy(model, make_optimizer, batches, loss_fn)
+    after = sum(losses[-cycle:]) / len(losses[-cycle:])
+    drop = 1 - after / before if math.isfinite(after) and before > 0 else -math.inf
+    measured = f"{before:.3f} -> {after:.3f} ({-drop:+.0%}) over {len(losses)} steps"
+    extras = {"model": net, "losses": losses}
+    if not all(math.isfinite(v) for v in losses):
+        return CheckResult(name, FAIL, measured, expected,
+                           f"the loss became NaN/Inf at step {len(losses)}: lower the learning "
+                           f"rate, or set trainer.grad_clip_norm", extras=extras)
+    if drop < fail_drop:
+        rose = max(losses) > 2 * before
+        return CheckResult(name, FAIL, measured, expected,
+                           ("the loss shoots up: learning rate far too high" if rose else
+                            "the loss does not go down: learning rate far too low, or the "
+                            "gradient does not reach the weights"), extras=extras)
+    if drop < warn_drop:
+        return CheckResult(name, WARN, measured, expected,
+                           "the loss goes down slowly: learning rate low?", extras=extras)
+    return CheckResult(name, PASS, measured, expected, "", extras=extras)
+
+
+@timed_check("input_independent_baseline")
+def check_input_independent_baseline(model: nn.Module, batches: Sequence[Batch],
+                                     val: Sequence[Batch], make_optimizer: Callable = adam,
+                                     loss_fn: Callable = F.cross_entropy,
+                                     trained: nn.Module | None = None, min_learned: float = 0.01,
+                                     fail_carry: float = 0.2,
+                                     warn_gain: float = 0.005) -> CheckResult:
+    """A copy trained on zeroed inputs vs one trained on the real inputs, same batches and steps.
+
+    What the inputs buy: on the training batches, learned = zero-input val loss - real train
+    loss; on validation, gain = zero-input val loss - real val loss. FAIL when the inputs buy
+    nothing even on the training batches (< min_learned, relative), or when less than
+    `fail_carry` of it carries over to validation (labels unrelated to the inputs: the model
+    can only memorise). `trained`: a copy already trained on `batches`, reused.
+    """
+    name = "input_independent_baseline"
+    expected = f"real beats zero-input on val (>= {warn_gain:.1%}, >= {fail_carry:.0%} of train)"
+    if trained is None:
+        trained, _ = train_copy(model, make_optimizer, batches, loss_fn)
+    zero_model, _ = train_copy(model, make_optimizer, batches, loss_fn, zero_inputs=True)
+    distinct = list({id(b): b for b in batches}.values())
+    train_loss = eval_loss(trained, distinct, loss_fn)[0]
+    real_loss, real_acc = eval_loss(trained, val, loss_fn)
+    zero_loss, zero_acc = eval_loss(zero_model, val, loss_fn, zero_inputs=True)
+    learned, gain = (zero_loss - train_loss) / zero_loss, (zero_loss - real_loss) / zero_loss
+    carry = gain / learned if learned > 0 else math.nan
+    measured = (f"val loss {real_loss:.3f} (acc {real_acc:.2f}) vs zero-input {zero_loss:.3f} "
+                f"(acc {zero_acc:.2f}): {gain:+.0%}; train {-learned:+.0%}, carried {carry:.0%}")
+    if not math.isfinite(gain) or not learned >= min_learned:
+        return CheckResult(name, FAIL, measured, expected,
+                           "the inputs do not help even on the training batches: the model "
+                           "ignores its input (or does not train: see loss_decreases)")
+    if carry < fail_carry:
+        return CheckResult(name, FAIL, measured, expected,
+                           "the model learns its training batches but that does not carry over "
+                           "to validation: the labels do not depend on the inputs (shuffled "
+                           "apart? val labelled differently?)")
+    if gain < warn_gain:
+        return CheckResult(name, WARN, measured, expected,
+                           "barely better than input-blind after a short training: a hard task, "
+                           "or the inputs barely reach the output")
+    return CheckResult(name, PASS, measured, expected, "")

@@ -8,6 +8,7 @@ from PIL import Image
 
 from nnrecipe.data import build_data, iterate_batches, num_batches
 from nnrecipe.data.sources import stratified_split
+from nnrecipe.errors import UserError
 
 
 def digits_cfg(**kw):
@@ -34,6 +35,8 @@ def test_digits_splits_are_stratified_disjoint_and_fixed_by_seed():
         assert counts.min() >= 0.8 * counts.mean()
     idx = stratified_split(np.repeat(np.arange(5), 20), [0.2, 0.2], seed=3)
     assert len(set(np.concatenate(idx))) == 100 and [len(i) for i in idx] == [60, 20, 20]
+    with pytest.raises(UserError, match="class 1 has 2 samples"):  # not one for each split
+        stratified_split(np.array([0] * 10 + [1] * 2), [0.15, 0.15], seed=0)
 
 
 def test_training_split_is_normalised_and_stats_written_back():

@@ -106,3 +106,17 @@ def test_early_stopping_stops(run_train):
     )  # nothing counts as better
     state = torch.load(run_dir / "checkpoints/last.pt", weights_only=False)["fit_state"]
     assert state["epoch"] == 2 and state["best_epoch"] == 1
+
+
+def test_best_checkpoint_holds_the_best_epoch_though_written_later(tmp_path):
+    from nnrecipe.checkpoint import Checkpointer
+
+    saver = Checkpointer(tmp_path, every_s=3600)  # nothing is due before the final epoch
+    w = torch.zeros(2)
+    for epoch, improved in enumerate([True, True, False, False], start=1):
+        w += 1  # training goes on changing the weights in place
+        saver.epoch_end(lambda: {"model": {"w": w}, "epoch": epoch}, improved, final=epoch == 4)
+        assert (tmp_path / "last.pt").exists() == (epoch == 4)
+    last, best = (torch.load(tmp_path / f"{n}.pt") for n in ("last", "best"))
+    assert last["epoch"] == 4 and torch.equal(last["model"]["w"], torch.full((2,), 4.0))
+    assert best["epoch"] == 2 and torch.equal(best["model"]["w"], torch.full((2,), 2.0))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 import torch
@@ -35,6 +36,49 @@ def copy_checkpoint(source: Path, target: Path) -> None:
     except OSError:
         shutil.copyfile(source, tmp)
     os.replace(tmp, target)
+
+
+class Checkpointer:
+    """fit()'s checkpoints: last.pt at most every `every_s` seconds and after the final epoch;
+    best.pt always holds the epoch with the best val/loss once last.pt is written.
+
+    Why not every epoch: a save costs ~2 ms for a small model, 13% of a 19 ms epoch of the
+    linear model on digits, and a crash loses at most `every_s` seconds either way. A best epoch
+    that falls between writes waits as a CPU copy (cheap for the small models whose epochs are
+    short; large models' epochs outlast `every_s`, so they are written at once).
+    """
+
+    def __init__(self, directory: Path, every_s: float = 0.0):
+        self.last, self.best = directory / "last.pt", directory / "best.pt"
+        self.every_s = every_s
+        self.written_at = time.monotonic()
+        self.pending_best = None  # the best epoch's state, not yet on disk
+
+    def epoch_end(self, make_state, improved: bool, final: bool) -> None:
+        """make_state() builds the checkpoint dict; called only when it is needed."""
+        due = final or time.monotonic() - self.written_at >= self.every_s
+        if improved and not due:
+            self.pending_best = _to_cpu(make_state())
+        if not due:
+            return
+        save_checkpoint(self.last, make_state())
+        if improved:
+            copy_checkpoint(self.last, self.best)
+        elif self.pending_best is not None:
+            save_checkpoint(self.best, self.pending_best)
+        self.pending_best = None
+        self.written_at = time.monotonic()
+
+
+def _to_cpu(obj):
+    """A deep copy with every tensor copied to the CPU (the training goes on changing them)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {k: _to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return type(obj)(_to_cpu(v) for v in obj)
+    return obj
 
 
 def load_checkpoint(path: str | Path, map_location="cpu") -> dict:

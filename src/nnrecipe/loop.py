@@ -14,7 +14,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from nnrecipe import runtime
-from nnrecipe.checkpoint import copy_checkpoint, save_checkpoint
+from nnrecipe.checkpoint import Checkpointer
 from nnrecipe.data import DataBundle, iterate_batches, num_batches
 from nnrecipe.errors import UserError
 from nnrecipe.optim import Schedule
@@ -82,7 +82,8 @@ def fit(
 ) -> FitState:
     """Train for trainer.max_epochs, evaluating on the whole validation split after each epoch.
 
-    Checkpoints: `last.pt` after every epoch, `best.pt` whenever val/loss improves.
+    Checkpoints (see Checkpointer): `last.pt` every trainer.checkpoint_every_s seconds and at
+    the end, `best.pt` the epoch with the best val/loss.
     `dynamics`: a checks.PredictionDynamics (or None) that records predictions each epoch.
     """
     device = next(model.parameters()).device
@@ -97,6 +98,7 @@ def fit(
     log_every = max(1, trainer.get("log_every_n_steps", 25))
     patience = trainer.early_stopping.patience
     steps_per_epoch = num_batches(data.train, data.batch_size)
+    saver = Checkpointer(checkpoint_dir, trainer.checkpoint_every_s) if checkpoint_dir else None
     bar = tqdm(total=steps_per_epoch * trainer.max_epochs, initial=state.step, unit="step",
                disable=None if trainer.progress else True, dynamic_ncols=True, leave=False)
 
@@ -143,12 +145,12 @@ def fit(
         tracker.log(metrics, step=state.step)
         bar.set_postfix({"val/loss": f"{val['loss']:.4f}", "val/acc": f"{val['acc']:.4f}"})
 
-        if checkpoint_dir is not None:
-            ckpt = _checkpoint(state, model, optimizer, schedule, scaler, shuffle, config)
-            save_checkpoint(checkpoint_dir / "last.pt", ckpt)
-            if improved:
-                copy_checkpoint(checkpoint_dir / "last.pt", checkpoint_dir / "best.pt")
-        if patience is not None and state.bad_epochs >= patience:
+        stop = patience is not None and state.bad_epochs >= patience
+        if saver is not None:
+            saver.epoch_end(
+                lambda: _checkpoint(state, model, optimizer, schedule, scaler, shuffle, config),
+                improved, final=stop or state.epoch == trainer.max_epochs)
+        if stop:
             tqdm.write(f"early stopping: val/loss has not improved for {patience} epochs")
             break
     bar.close()

@@ -90,7 +90,7 @@ def check_data_batch(
         names = class_names or [str(c) for c in range(num_classes)]
         titles = None if labels is None else [
             names[c] if 0 <= c < len(names) else f"?{c}" for c in labels[:32].tolist()]
-        picture = image_grid(shown, picture, titles=titles,
+        picture = image_grid(shown, picture, captions=titles,
                              title=f"the first training batch, as the model gets it "
                                    f"(de-normalised for viewing), {list(x.shape)}")
     status = worst(*(s for s, _ in problems)) if problems else PASS

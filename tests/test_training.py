@@ -114,8 +114,9 @@ def test_best_checkpoint_holds_the_best_epoch_though_written_later(tmp_path):
     saver = Checkpointer(tmp_path, every_s=3600)  # nothing is due before the final epoch
     w = torch.zeros(2)
     for epoch, improved in enumerate([True, True, False, False], start=1):
-        w += 1  # training goes on changing the weights in place
-        saver.epoch_end(lambda: {"model": {"w": w}, "epoch": epoch}, improved, final=epoch == 4)
+        w.add_(1)  # training goes on changing the weights in place
+        state = {"model": {"w": w}, "epoch": epoch}
+        saver.epoch_end(lambda s=state: s, improved, final=epoch == 4)
         assert (tmp_path / "last.pt").exists() == (epoch == 4)
     last, best = (torch.load(tmp_path / f"{n}.pt") for n in ("last", "best"))
     assert last["epoch"] == 4 and torch.equal(last["model"]["w"], torch.full((2,), 4.0))

@@ -1,6 +1,6 @@
 """nnrecipe's loop against a bare PyTorch loop: same model, data, batch size, same run.
 
-    python scripts/bench.py [--epochs 5] [--repeats 3]
+    python scripts/bench.py [--epochs 15] [--repeats 9] [--models linear convnet]
 
 Prints the per-epoch time of each and their ratio (target: nnrecipe <= 1.05x bare). Each is
 the fastest of the repeats: on a shared 2-core machine noise only ever adds time, and medians of
@@ -64,8 +64,8 @@ def nnrecipe_epochs(model, cfg, data, epochs: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=int, default=5)
-    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--epochs", type=int, default=15)
+    parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--models", nargs="+", default=["linear", "convnet"])
     args = parser.parse_args()
     runtime.set_threads(None)

@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from nnrecipe import runtime
 from nnrecipe.augment import build_augmentation
-from nnrecipe.checkpoint import load_checkpoint
+from nnrecipe.checkpoint import copy_checkpoint, load_checkpoint
 from nnrecipe.checks import prediction_dynamics, run_preflight, save_dynamics
 from nnrecipe.data import build_data, iterate_batches, num_batches
 from nnrecipe.errors import UserError
@@ -39,6 +39,7 @@ def train(cfg: DictConfig, run_dir: Path, identity: dict | None = None) -> float
     (None with checks.only: the preflight ran, nothing trained)."""
     runtime.seed_everything(cfg.seed)
     runtime.set_threads(cfg.trainer.num_threads)
+    torch.set_float32_matmul_precision("high")  # TF32 matmuls on GPUs that have them: any launcher
     objective = cfg.get("objective", "val/loss")
     objective_direction(objective)  # a bad objective fails before any work
     device = runtime.pick_device(cfg.trainer.device)
@@ -107,11 +108,12 @@ def train(cfg: DictConfig, run_dir: Path, identity: dict | None = None) -> float
 
 def _carry_best_checkpoint(resume: Path, checkpoints: Path) -> None:
     """A resumed run tests the best weights seen so far, also those of the run it continues."""
+    resume = resume.expanduser()
     source = (resume / "checkpoints" if resume.is_dir() else resume.parent) / "best.pt"
     target = checkpoints / "best.pt"
     if source.exists() and source.resolve() != target.resolve():
         checkpoints.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(source.read_bytes())
+        copy_checkpoint(source, target)
 
 
 @hydra.main(config_path="../conf", config_name="train", version_base="1.3")
@@ -133,5 +135,4 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
-    torch.set_float32_matmul_precision("high")
     main()

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from nnrecipe.checkpoint import save_checkpoint
+from nnrecipe.checkpoint import load_checkpoint, save_checkpoint
 from nnrecipe.data.splits import DataBundle, TensorSplit
 from nnrecipe.errors import UserError
 from nnrecipe.loop import Diverged
@@ -68,10 +68,14 @@ def test_unreadable_checkpoint(run_train, tmp_path):
 
 
 def test_divergence_stops_with_a_message_and_keeps_checkpoints_whole(run_train, tmp_path):
-    with pytest.raises(Diverged, match="Lower the learning rate"):
-        run_train("optimizer=sgd", "optimizer.lr=1e6", "trainer.max_epochs=2")
+    # epoch 1 trains and is saved; the step schedule then multiplies the lr by 1e9: NaN in epoch 2
+    with pytest.raises(Diverged, match="Lower the learning rate") as e:
+        run_train("optimizer=sgd", "optimizer.lr=0.01", "schedule=step", "schedule.step_epochs=1",
+                  "schedule.gamma=1e9", "trainer.max_epochs=3", "trainer.checkpoint_every_s=0")
+    assert "epoch 2" in str(e.value)
     ckpts = tmp_path / "run" / "checkpoints"
-    assert not any(p.name.endswith(".tmp") for p in ckpts.glob("*")) if ckpts.exists() else True
+    assert sorted(p.name for p in ckpts.iterdir()) == ["best.pt", "last.pt"]  # no temp files
+    assert load_checkpoint(ckpts / "last.pt")["fit_state"]["epoch"] == 1  # the sound epoch
 
 
 def test_a_failed_save_leaves_no_half_written_checkpoint(tmp_path, monkeypatch):

@@ -42,10 +42,6 @@ def test_same_seed_same_run_other_seed_other_run(run_train, tmp_path):
     assert a != c
 
 
-def test_seed_zero_differs_from_seed_unset_defaults(compose_cfg):
-    assert compose_cfg("seed=0").seed == 0  # 0 is a seed like any other, not "unset"
-
-
 def test_resume_two_plus_two_equals_four(run_train, tmp_path):
     four, d4 = run_train("trainer.max_epochs=4", run_dir=tmp_path / "four")
     _, d2 = run_train("trainer.max_epochs=2", run_dir=tmp_path / "two")
@@ -103,9 +99,12 @@ def test_early_stopping_stops(run_train):
         "trainer.max_epochs=50",
         "trainer.early_stopping.patience=1",
         "trainer.early_stopping.min_delta=10",
-    )  # nothing counts as better
+    )  # no epoch counts as progress: stops after one epoch without it
     state = torch.load(run_dir / "checkpoints/last.pt", weights_only=False)["fit_state"]
-    assert state["epoch"] == 2 and state["best_epoch"] == 1
+    assert state["epoch"] == 2
+    # min_delta is for stopping only: best.pt is still the lowest val/loss
+    losses = [h["val/loss"] for h in state["history"]]
+    assert losses[1] < losses[0] and state["best_epoch"] == 2
 
 
 def test_best_checkpoint_holds_the_best_epoch_though_written_later(tmp_path):

@@ -134,12 +134,14 @@ def fit(
         state.epoch = epoch + 1
         if dynamics is not None:  # eval mode, no grad: draws no random numbers
             dynamics.record(model, state.epoch)
-        improved = val["loss"] < state.best_val_loss - trainer.early_stopping.min_delta
+        # min_delta only decides what counts as progress for early stopping; best.pt is
+        # always the lowest val/loss
+        progress = val["loss"] < state.best_val_loss - trainer.early_stopping.min_delta
+        state.bad_epochs = 0 if progress else state.bad_epochs + 1
+        improved = val["loss"] < state.best_val_loss
         if improved:
             state.best_val_loss, state.best_val_acc = val["loss"], val["acc"]
-            state.best_epoch, state.bad_epochs = state.epoch, 0
-        else:
-            state.bad_epochs += 1
+            state.best_epoch = state.epoch
         metrics = {"epoch": state.epoch, "val/loss": val["loss"], "val/acc": val["acc"]}
         state.history.append(metrics)
         tracker.log(metrics, step=state.step)

@@ -3,22 +3,15 @@
 from __future__ import annotations
 
 import math
+import sys
 from pathlib import Path
 
 import matplotlib
 
-matplotlib.use("Agg")  # files only: works on servers without a display
+if "ipykernel" not in sys.modules:  # a notebook keeps its own backend (figures are closed)
+    matplotlib.use("Agg")  # files only: works on servers without a display
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
-
-
-def bar_chart(counts: dict[str, int], path: Path, title: str = "", ylabel: str = "count") -> Path:
-    fig, ax = plt.subplots(figsize=(max(4, 0.35 * len(counts) + 2), 3))
-    ax.bar([str(k) for k in counts], list(counts.values()))
-    ax.set_ylabel(ylabel)
-    ax.set_title(title)
-    ax.tick_params(axis="x", rotation=90 if len(counts) > 12 else 0)
-    return save(fig, path)
 
 
 def save(fig, path: Path) -> Path:

@@ -10,12 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nnrecipe.checks.report import FAIL, PASS, WARN, CheckResult, timed_check
-from nnrecipe.models.build import classifier_head
-
-
-def class_prior(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
-    counts = torch.bincount(labels.cpu().long(), minlength=num_classes).float()
-    return counts / counts.sum()
+from nnrecipe.models.build import class_prior, classifier_head
 
 
 def head_bias_is_prior(model: nn.Module, prior: torch.Tensor) -> bool:
@@ -24,7 +19,7 @@ def head_bias_is_prior(model: nn.Module, prior: torch.Tensor) -> bool:
     if head is None or head.bias is None or head.bias.numel() != len(prior):
         return False
     bias = head.bias.detach().float().cpu()
-    target = prior.clamp_min(1e-6).log()
+    target = prior.log()
     return torch.allclose(bias - bias.mean(), target - target.mean(), atol=1e-2)
 
 
@@ -33,7 +28,7 @@ def expected_init_loss(model: nn.Module, train_labels: torch.Tensor,
     """-log(1/C) for a neutral head; the entropy of the class prior when the bias is log prior."""
     prior = class_prior(train_labels, num_classes)
     if head_bias_is_prior(model, prior):
-        entropy = -(prior * prior.clamp_min(1e-12).log()).sum().item()
+        entropy = -(prior * prior.log()).sum().item()
         return entropy, "entropy of the class prior (head bias = log prior)"
     return math.log(num_classes), f"-log(1/{num_classes})"
 

@@ -91,7 +91,6 @@ def timed_check(name: str):
             result.seconds = time.perf_counter() - start
             return result
 
-        wrapper.check_name = name
         return wrapper
 
     return decorate

@@ -127,7 +127,7 @@ def check_overfit_one_batch(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
 @timed_check("loss_decreases")
 def check_loss_decreases(model: nn.Module, batches: Sequence[Batch], cycle: int,
                          make_optimizer: Callable = adam, loss_fn: Callable = F.cross_entropy,
-                         fail_drop: float = 0.02, warn_drop: float = 0.1) -> CheckResult:
+                         fail_drop: float = 0.01, warn_drop: float = 0.05) -> CheckResult:
     """A copy trained one step per batch; `batches` repeats a pool of `cycle` batches.
 
     The training loss over the last pass through the pool is compared with the untrained

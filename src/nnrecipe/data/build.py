@@ -64,7 +64,7 @@ def _channel_stats(bundle, mean, std) -> tuple[list[float], list[float]]:
     if mean is not None and std is not None:
         mean, std = list(mean), list(std)
     else:
-        x = _pixel_sample(bundle.train, bundle.in_chans)
+        x = _pixel_sample(bundle.train, bundle.in_chans, bundle.image_size)
         mean = x.mean(dim=(0, 2, 3)).tolist()
         std = x.std(dim=(0, 2, 3)).clamp_min(1e-6).tolist()
     if len(mean) != bundle.in_chans or len(std) != bundle.in_chans:
@@ -77,17 +77,20 @@ def _channel_stats(bundle, mean, std) -> tuple[list[float], list[float]]:
     return mean, std
 
 
-def _pixel_sample(split, in_chans: int, limit: int = 512) -> torch.Tensor:
+def _pixel_sample(split, in_chans: int, size: int, limit: int = 512) -> torch.Tensor:
     if isinstance(split, TensorSplit):
         return split.x
+    from PIL import Image
     from torchvision.transforms.v2.functional import pil_to_tensor
 
     from nnrecipe.data.images import load_image
 
     step = max(1, len(split) // limit)
-    mode = "L" if in_chans == 1 else "RGB"  # as training reads them (_file_transform)
+    # read as training reads them (_file_transform): the same mode, the same size
+    mode = "L" if in_chans == 1 else "RGB"
     images = [load_image(split.root / p, mode) for p in split.paths[::step]]
-    return torch.stack([pil_to_tensor(i.resize((64, 64))).float() / 255 for i in images])
+    images = [i.resize((size, size), Image.BILINEAR) for i in images]
+    return torch.stack([pil_to_tensor(i).float() / 255 for i in images])
 
 
 def _file_transform(bundle: DataBundle):

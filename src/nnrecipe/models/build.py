@@ -44,6 +44,12 @@ def classifier_head(model: nn.Module) -> nn.Linear | None:
     return linears[-1] if linears else None
 
 
+def class_prior(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Class frequencies, smoothed so that a class missing from the labels has a finite log."""
+    counts = torch.bincount(labels.cpu().long(), minlength=num_classes).float()
+    return (counts + 1e-3) / (counts.sum() + 1e-3 * num_classes)
+
+
 @torch.no_grad()
 def init_head_bias(model: nn.Module, train_labels: torch.Tensor, num_classes: int) -> bool:
     """ "Init well": set the head's bias to log class frequencies, so the loss at init is the
@@ -51,7 +57,5 @@ def init_head_bias(model: nn.Module, train_labels: torch.Tensor, num_classes: in
     head = classifier_head(model)
     if head is None or head.bias is None or head.bias.numel() != num_classes:
         return False
-    counts = torch.bincount(train_labels.cpu(), minlength=num_classes).float()
-    prior = (counts + 1e-3) / (counts.sum() + 1e-3 * num_classes)
-    head.bias.copy_(prior.log().to(head.bias))
+    head.bias.copy_(class_prior(train_labels, num_classes).log().to(head.bias))
     return True

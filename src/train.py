@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from nnrecipe import runtime
 from nnrecipe.augment import build_augmentation
-from nnrecipe.checkpoint import copy_checkpoint, load_checkpoint
+from nnrecipe.checkpoint import config_changes, copy_checkpoint, load_checkpoint
 from nnrecipe.checks import prediction_dynamics, run_preflight, save_dynamics
 from nnrecipe.data import build_data, iterate_batches, num_batches
 from nnrecipe.errors import UserError
@@ -64,6 +64,9 @@ def train(cfg: DictConfig, run_dir: Path, identity: dict | None = None) -> float
         checkpoints = run_dir / "checkpoints"
         if resume is not None:
             _carry_best_checkpoint(Path(cfg.trainer.resume), checkpoints)
+            if changed := config_changes(resume.get("config"), config):
+                log.warning("resuming with a config that differs from the checkpoint's in %s: "
+                            "the run will not continue exactly", ", ".join(changed))
 
         # Recipe step 2: sanity checks on copies; a FAIL raises PreflightFailed (a UserError).
         report = run_preflight(model, data, cfg.checks, run_dir, tracker, seed=cfg.seed,
@@ -73,7 +76,7 @@ def train(cfg: DictConfig, run_dir: Path, identity: dict | None = None) -> float
             write_metrics(run_dir, "checked", checks={r.name: r.status for r in report.results})
             tracker.finish()
             return None
-        dynamics = prediction_dynamics(model, data, cfg.checks)
+        dynamics = prediction_dynamics(model, data, cfg.checks, untrained=resume is None)
         state = fit(model, optimizer, schedule, data, cfg.trainer, tracker, checkpoints,
                     seed=cfg.seed, augment=augment, resume=resume, config=config,
                     dynamics=dynamics)

@@ -42,7 +42,7 @@ def test_same_seed_same_run_other_seed_other_run(run_train, tmp_path):
     assert a != c
 
 
-def test_resume_two_plus_two_equals_four(run_train, tmp_path):
+def test_resume_two_plus_two_equals_four(run_train, tmp_path, caplog):
     four, d4 = run_train("trainer.max_epochs=4", run_dir=tmp_path / "four")
     _, d2 = run_train("trainer.max_epochs=2", run_dir=tmp_path / "two")
     resumed, dr = run_train(
@@ -51,6 +51,7 @@ def test_resume_two_plus_two_equals_four(run_train, tmp_path):
         run_dir=tmp_path / "resumed",
     )
     assert resumed == four
+    assert "differs from the checkpoint" not in caplog.text  # same config: no warning
     w4, wr = weights(d4), weights(dr)
     assert all(torch.equal(w4[k], wr[k]) for k in w4)
     h4 = torch.load(d4 / "checkpoints/last.pt", weights_only=False)["fit_state"]["history"]
@@ -120,3 +121,13 @@ def test_best_checkpoint_holds_the_best_epoch_though_written_later(tmp_path):
     last, best = (torch.load(tmp_path / f"{n}.pt") for n in ("last", "best"))
     assert last["epoch"] == 4 and torch.equal(last["model"]["w"], torch.full((2,), 4.0))
     assert best["epoch"] == 2 and torch.equal(best["model"]["w"], torch.full((2,), 2.0))
+
+
+def test_resume_names_the_config_keys_that_changed():
+    from nnrecipe.checkpoint import config_changes
+
+    saved = {"optimizer": {"lr": 3e-4}, "data": {"batch_size": 32},
+             "trainer": {"max_epochs": 2, "resume": None}}
+    now = {"optimizer": {"lr": 1e-3}, "data": {"batch_size": 32},
+           "trainer": {"max_epochs": 4, "resume": "last.pt"}, "seed": 1}
+    assert config_changes(saved, now) == ["optimizer.lr", "seed"]  # max_epochs/resume may change

@@ -18,7 +18,8 @@ def build_augmentation(cfg: DictConfig, data: DataBundle):
     if name == "none":
         return None
     if name == "flip_crop":
-        return lambda x, y: (flip_crop(x, cfg.padding, cfg.hflip), y)
+        padding, hflip = int(cfg.padding), float(cfg.hflip)  # read once, not every step
+        return lambda x, y: (flip_crop(x, padding, hflip), y)
     if name == "randaugment":
         return randaugment(cfg, data)
     if name == "mixup":

@@ -81,6 +81,26 @@ def _to_cpu(obj):
     return obj
 
 
+# May differ between a run and its resumption without changing what is trained.
+RESUME_FREE = ("trainer.resume", "trainer.max_epochs", "trainer.progress", "trainer.num_threads",
+               "trainer.checkpoint_every_s", "logger", "checks")
+
+
+def config_changes(saved: dict | None, current: dict) -> list[str]:
+    """Dotted keys whose values differ between a checkpoint's config and this run's (keys in
+    RESUME_FREE aside): a resumed run with any of them does not continue exactly."""
+    a, b = _flatten(saved or {}), _flatten(current)
+    free = lambda k: any(k == f or k.startswith(f + ".") for f in RESUME_FREE)  # noqa: E731
+    return sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k) and not free(k))
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    flat = {}
+    for k, v in d.items():
+        flat.update(_flatten(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return flat
+
+
 def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
     path = Path(path).expanduser()
     if path.is_dir():  # a run folder: take its last checkpoint

@@ -173,15 +173,18 @@ def _batches(split, batch_size: int, count: int, device, seed: int | None = None
     return [(x.clone(), y.clone()) for x, y in itertools.islice(batches, max(1, count))]
 
 
-def prediction_dynamics(model: nn.Module, data: DataBundle, cfg) -> PredictionDynamics | None:
+def prediction_dynamics(model: nn.Module, data: DataBundle, cfg,
+                        untrained: bool = True) -> PredictionDynamics | None:
     """The recorder fit() calls once per epoch, on the first val samples, with the untrained
-    model's predictions as epoch 0; None when off."""
+    model's predictions as epoch 0 (not for a resumed run: `model` is not yet restored);
+    None when off."""
     if not (cfg.enabled and cfg.prediction_dynamics):
         return None
     device = next(model.parameters()).device
     x, y = _batches(data.val, cfg.dynamics_samples, 1, device)[0]
     dynamics = PredictionDynamics(x, y, data.class_names)
-    dynamics.record(model, 0)
+    if untrained:
+        dynamics.record(model, 0)
     return dynamics
 
 

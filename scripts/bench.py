@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from nnrecipe import runtime  # noqa: E402
-from nnrecipe.data import build_data, iterate_batches  # noqa: E402
+from nnrecipe.data import build_data, iterate_batches, num_batches  # noqa: E402
 from nnrecipe.loop import fit  # noqa: E402
 from nnrecipe.models import build_model  # noqa: E402
 from nnrecipe.optim import Schedule, build_optimizer  # noqa: E402
@@ -54,7 +54,7 @@ def bare_epochs(model, data, epochs: int, lr: float) -> float:
 
 def nnrecipe_epochs(model, cfg, data, epochs: int) -> float:
     optimizer = build_optimizer(cfg.optimizer, model)
-    schedule = Schedule(cfg.schedule, optimizer, -(-len(data.train) // data.batch_size), epochs)
+    schedule = Schedule(cfg.schedule, optimizer, num_batches(data.train, data.batch_size), epochs)
     cfg.trainer.max_epochs = epochs
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()

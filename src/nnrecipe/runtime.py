@@ -53,18 +53,18 @@ def share_cores(num_threads: int | None, parallel_jobs: int | None) -> int | Non
     one per core): an equal share of the cores, unless trainer.num_threads is set."""
     if num_threads is not None or parallel_jobs in (None, 0, 1):
         return num_threads
-    cores = _cores()
-    return max(1, cores // (cores if parallel_jobs < 0 else parallel_jobs))
+    n = cores()
+    return max(1, n // (n if parallel_jobs < 0 else parallel_jobs))
 
 
-def _cores() -> int:
+def cores() -> int:
+    """CPU cores this process may use (SLURM and taskset limits included)."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 
 
 def set_threads(num_threads: int | None) -> int:
     """Use `num_threads` CPU threads, never more than the machine's cores."""
-    cores = _cores()
-    n = min(num_threads or cores, cores)
+    n = min(num_threads or cores(), cores())
     if n < 1:
         raise UserError(f"trainer.num_threads must be positive, got {num_threads}")
     torch.set_num_threads(n)

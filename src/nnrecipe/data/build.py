@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import os
-
 import torch
 from omegaconf import DictConfig, open_dict
 
+from nnrecipe import runtime
 from nnrecipe.data.splits import DataBundle, FileSplit, TensorSplit
 from nnrecipe.errors import UserError, instantiate
 
@@ -21,7 +20,7 @@ def build_data(cfg: DictConfig, seed: int, device: torch.device | str = "cpu") -
         raise UserError(f"data.batch_size must be positive, got {cfg.batch_size}")
     bundle: DataBundle = instantiate(cfg, "data", seed=seed)
     bundle.batch_size = cfg.batch_size
-    bundle.num_workers = min(cfg.get("num_workers", 0) or 0, os.cpu_count() or 1)
+    bundle.num_workers = min(cfg.get("num_workers", 0) or 0, runtime.cores())
     _check_labels(bundle, cfg.get("num_classes"))
     bundle.mean, bundle.std = _channel_stats(bundle, cfg.get("mean"), cfg.get("std"))
     for split in bundle.splits.values():

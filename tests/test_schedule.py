@@ -40,3 +40,28 @@ def test_plateau_cuts_after_patience_and_resumes():
     losses = [1.0, 0.9, 0.9, 0.9, 0.9, 0.9]
     lr = lrs(60, losses, name="plateau", warmup_epochs=0.0, factor=0.1, patience=2, threshold=0)
     assert lr[49] == 1.0 and lr[50] == pytest.approx(0.1)
+
+
+@pytest.mark.parametrize("cfg", [
+    dict(name="cosine", warmup_epochs=1.0, min_lr_ratio=0.1),
+    dict(name="plateau", warmup_epochs=0.0, factor=0.5, patience=0, threshold=0),
+])
+def test_a_restored_schedule_continues_with_the_same_lrs(cfg):
+    def make():
+        opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+        return Schedule(OmegaConf.create(cfg), opt, steps_per_epoch=10, max_epochs=6)
+
+    def run(schedule, start, stop):
+        out = []
+        for i in range(start, stop):
+            out.append(schedule.lr)
+            schedule.step()
+            if (i + 1) % 10 == 0:
+                schedule.epoch_end(1.0)  # no progress: plateau cuts after every epoch
+        return out
+
+    first = make()
+    before = run(first, 0, 30)
+    resumed = make()
+    resumed.load_state_dict(first.state_dict())
+    assert before + run(resumed, 30, 60) == run(make(), 0, 60)

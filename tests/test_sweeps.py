@@ -163,7 +163,7 @@ def test_parallel_trials_spread_over_gpus(monkeypatch):
 
 
 def test_parallel_trials_share_the_cores(monkeypatch):
-    monkeypatch.setattr(runtime, "_cores", lambda: 16)
+    monkeypatch.setattr(runtime, "cores", lambda: 16)
     assert runtime.share_cores(None, 4) == 4
     assert runtime.share_cores(None, -1) == 1  # joblib's n_jobs=-1: one trial per core
     assert runtime.share_cores(None, 32) == 1

@@ -21,7 +21,12 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from nnrecipe import runtime
 from nnrecipe.augment import build_augmentation
-from nnrecipe.checkpoint import config_changes, copy_checkpoint, load_checkpoint
+from nnrecipe.checkpoint import (
+    checkpoint_file,
+    config_changes,
+    copy_checkpoint,
+    load_checkpoint,
+)
 from nnrecipe.checks import prediction_dynamics, run_preflight, save_dynamics
 from nnrecipe.data import build_data, iterate_batches, num_batches
 from nnrecipe.errors import UserError
@@ -111,8 +116,7 @@ def train(cfg: DictConfig, run_dir: Path, identity: dict | None = None) -> float
 
 def _carry_best_checkpoint(resume: Path, checkpoints: Path) -> None:
     """A resumed run tests the best weights seen so far, also those of the run it continues."""
-    resume = resume.expanduser()
-    source = (resume / "checkpoints" if resume.is_dir() else resume.parent) / "best.pt"
+    source = checkpoint_file(resume).parent / "best.pt"
     target = checkpoints / "best.pt"
     if source.exists() and source.resolve() != target.resolve():
         checkpoints.mkdir(parents=True, exist_ok=True)

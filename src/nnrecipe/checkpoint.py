@@ -103,10 +103,17 @@ def _flatten(d: dict, prefix: str = "") -> dict:
     return flat
 
 
-def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
+def checkpoint_file(path: str | Path, prefer: tuple[str, ...] = ("last.pt",)) -> Path:
+    """A run folder means the first of `prefer` in its checkpoints/; a file is itself."""
     path = Path(path).expanduser()
-    if path.is_dir():  # a run folder: take its last checkpoint
-        path = path / "checkpoints" / "last.pt"
+    if not path.is_dir():
+        return path
+    folder = path / "checkpoints"
+    return next((folder / n for n in prefer if (folder / n).is_file()), folder / prefer[0])
+
+
+def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
+    path = checkpoint_file(path)
     if not path.is_file():
         raise UserError(f"checkpoint {path} does not exist: give a last.pt/best.pt or a run folder")
     try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -69,6 +70,19 @@ def set_threads(num_threads: int | None) -> int:
         raise UserError(f"trainer.num_threads must be positive, got {num_threads}")
     torch.set_num_threads(n)
     return n
+
+
+@contextmanager
+def threads(n: int | None):
+    """At most `n` CPU threads inside the block (None: unchanged), restored after. Small tensor
+    work gains nothing from threads, and on a shared machine waiting threads cost 10-100x."""
+    before = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(min(before, n))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def rng_state() -> dict:

@@ -9,11 +9,11 @@ different pictures. Neighbours are found by blocked matrix products (exact, vect
 
 from __future__ import annotations
 
-from contextlib import contextmanager
-
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
+
+from nnrecipe import runtime
 
 
 def embed(thumbs: torch.Tensor, dims: int = 64, side: int = 16) -> torch.Tensor:
@@ -42,21 +42,9 @@ def pca(x: torch.Tensor, dims: int) -> torch.Tensor:
     if dims >= x.shape[1] or len(x) <= dims:
         return x
     covariance = x.T @ x
-    with one_thread():  # a small matrix: extra LAPACK threads only wait
+    with runtime.threads(1):  # a small matrix: extra LAPACK threads only wait
         _, vectors = torch.linalg.eigh(covariance)
     return x @ vectors[:, -dims:].flip(1)  # largest variance first
-
-
-@contextmanager
-def one_thread():
-    """Run small tensor work on one thread: on small matrices extra threads mostly wait for
-    each other, and on a machine shared with other jobs that waiting costs 10-100x."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 def nearest_neighbours(z: torch.Tensor, k: int = 5, block: int = 1024,

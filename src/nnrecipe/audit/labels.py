@@ -14,7 +14,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from nnrecipe.audit.embed import one_thread, pca, pixels
+from nnrecipe import runtime
+from nnrecipe.audit.embed import pca, pixels
 from nnrecipe.audit.pool import Pool
 
 
@@ -47,7 +48,7 @@ def out_of_fold_probs(pool: Pool, folds: int = 5, dims: int = 128, seed: int = 0
         loss.backward()
         return loss
 
-    with one_thread():  # ~100 small steps: threads would mostly wait
+    with runtime.threads(1):  # ~100 small steps: threads would mostly wait
         optimizer.step(closure)
     with torch.no_grad():
         probs = torch.einsum("nd,fdk->fnk", x, w).softmax(-1)

@@ -15,25 +15,15 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 
 from nnrecipe.audit.pool import Pool
-from nnrecipe.checkpoint import load_checkpoint
+from nnrecipe.checkpoint import checkpoint_file, load_checkpoint
 from nnrecipe.data import DataBundle, iterate_batches
 from nnrecipe.errors import UserError
 from nnrecipe.models import build_model
 
 
-def resolve_checkpoint(path: str | Path) -> Path:
-    """A run folder means its best weights (best.pt), else its last; a file is itself."""
-    path = Path(path).expanduser()
-    if path.is_dir():
-        for name in ("best.pt", "last.pt"):
-            if (path / "checkpoints" / name).is_file():
-                return path / "checkpoints" / name
-    return path
-
-
 def load_trained(path: str | Path) -> tuple[dict, Path]:
     """The checkpoint's state and file, with a clear error when it lacks its training config."""
-    path = resolve_checkpoint(path)
+    path = checkpoint_file(path, prefer=("best.pt", "last.pt"))  # a run folder: its best weights
     state = load_checkpoint(path)
     if not state.get("config"):
         raise UserError(f"checkpoint {path} holds no training config: write it with src/train.py")

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nnrecipe import runtime
 from nnrecipe.checks.data import check_data_batch, check_leakage, check_output_shape, model_in_chans
 from nnrecipe.checks.dependencies import (
     check_batch_independence,
@@ -71,15 +72,11 @@ def run_preflight(
     """
     if not cfg.enabled:
         return Report([])
-    threads = torch.get_num_threads()
-    if next(model.parameters()).device.type == "cpu" and cfg.get("num_threads"):
-        torch.set_num_threads(min(threads, cfg.num_threads))
-    try:
-        with preserved_rng(seed=None):  # whatever the checks draw, the global stream is restored
-            results = _run_checks(model, data, cfg, run_dir, make_optimizer, augment, loss_fn,
-                                  seed, head_bias_requested)
-    finally:
-        torch.set_num_threads(threads)
+    on_cpu = next(model.parameters()).device.type == "cpu"
+    with runtime.threads(cfg.get("num_threads") if on_cpu else None), preserved_rng(seed=None):
+        # whatever the checks draw, the global RNG stream is restored afterwards
+        results = _run_checks(model, data, cfg, run_dir, make_optimizer, augment, loss_fn,
+                              seed, head_bias_requested)
     report = Report(results)
     log.info("\n%s", report.table())
     if run_dir is not None:

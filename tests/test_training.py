@@ -131,3 +131,14 @@ def test_resume_names_the_config_keys_that_changed():
     now = {"optimizer": {"lr": 1e-3}, "data": {"batch_size": 32},
            "trainer": {"max_epochs": 4, "resume": "last.pt"}, "seed": 1}
     assert config_changes(saved, now) == ["optimizer.lr", "seed"]  # max_epochs/resume may change
+
+
+def test_schedule_and_augmentation_reach_the_training_loop(run_train, tmp_path):
+    plain, _ = run_train("trainer.max_epochs=1", run_dir=tmp_path / "plain")
+    augmented, _ = run_train("trainer.max_epochs=1", "augmentation=flip_crop",
+                             "augmentation.hflip=0", "augmentation.padding=1",
+                             run_dir=tmp_path / "augmented")
+    assert augmented != plain  # same seed: only the augmented batches differ
+    _, run_dir = run_train("trainer.max_epochs=1", "schedule=cosine", run_dir=tmp_path / "cos")
+    ckpt = torch.load(run_dir / "checkpoints/last.pt", weights_only=False)
+    assert ckpt["optimizer"]["param_groups"][0]["lr"] < 0.01 * 3e-4  # decayed over its one epoch

@@ -59,6 +59,39 @@ def run_train(train_module, compose_cfg, tmp_path):
     return _run
 
 
+@pytest.fixture
+def run_cli(train_module, tmp_path, capsys):
+    """run_cli(*overrides) -> (exit code, stderr, run dir): src/train.py's main() as the command
+    line runs it (Hydra's config, the same error handling), in this process: a subprocess would
+    spend ~5 s importing. Logger and preflight off unless asked, as compose_cfg does."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    def _run(*overrides, run_dir=None):
+        quiet = ["logger=none", "trainer.progress=false"]
+        if not any(o.startswith("checks=") for o in overrides):
+            quiet.append("checks=off")
+        with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+            cfg = compose("train", overrides=[*quiet, *overrides], return_hydra_config=True)
+        run_dir = Path(run_dir or tmp_path / "cli-run")
+        with open_dict(cfg):
+            cfg.hydra.runtime.output_dir = str(run_dir)
+            HydraConfig.instance().set_config(cfg)
+            del cfg["hydra"]  # as Hydra's run_job hands it to the task
+        capsys.readouterr()
+        try:
+            train_module.main(cfg)
+            code = 0
+        except SystemExit as e:
+            code = e.code
+        finally:
+            HydraConfig.instance().cfg = None
+        return code, capsys.readouterr().err, run_dir
+
+    return _run
+
+
 def wandb_inspect(run_dir: Path, summary: bool = True):
     """Read an offline W&B run back with W&B's own CLI (`wandb leet inspect`)."""
     import json

@@ -1,6 +1,7 @@
 """End to end through src/train.py's train(): accuracy, reproducibility, resume, W&B records."""
 
 import math
+import os
 
 import pytest
 import torch
@@ -142,3 +143,19 @@ def test_schedule_and_augmentation_reach_the_training_loop(run_train, tmp_path):
     _, run_dir = run_train("trainer.max_epochs=1", "schedule=cosine", run_dir=tmp_path / "cos")
     ckpt = torch.load(run_dir / "checkpoints/last.pt", weights_only=False)
     assert ckpt["optimizer"]["param_groups"][0]["lr"] < 0.01 * 3e-4  # decayed over its one epoch
+
+
+def test_training_threads_use_the_idle_cores_only(monkeypatch, caplog):
+    from nnrecipe import runtime
+
+    monkeypatch.setattr(runtime, "cores", lambda: 8)
+    for busy, threads, each_of_two in [(0.1, 8, 4), (3.0, 5, 2), (7.9, 1, 1), (12.0, 1, 1)]:
+        monkeypatch.setattr(runtime, "busy_cores", lambda b=busy: b)
+        assert runtime.auto_threads()[0] == threads
+        assert runtime.auto_threads(sharing=2)[0] == each_of_two  # e.g. two local ranks
+    with caplog.at_level("INFO", logger="nnrecipe"):
+        assert runtime.set_threads(None) == torch.get_num_threads() == 1
+        assert "other processes keep 12.0 cores busy" in caplog.text  # the log says why
+        assert runtime.set_threads(4) == 4  # the user's choice is kept, whatever the load
+    assert len(runtime._cpu_times()) == len(os.sched_getaffinity(0))  # one entry per own CPU
+    torch.set_num_threads(1)

@@ -92,6 +92,37 @@ def run_cli(train_module, tmp_path, capsys):
     return _run
 
 
+class Interrupted(Exception):
+    """Raised by a RecordingTracker to stop a run as a preemption would."""
+
+
+@pytest.fixture
+def recorder(train_module, monkeypatch):
+    """recorder(stop_after_epoch=None) -> the Tracker the next train() calls log into: it keeps
+    every logged dict (`.logs`: (step, metrics)), and with stop_after_epoch=N raises Interrupted
+    once epoch N is checkpointed (at epoch N+1's metrics; use trainer.checkpoint_every_s=0)."""
+    from nnrecipe.tracking import Tracker
+
+    class RecordingTracker(Tracker):
+        def __init__(self, stop_after_epoch=None):
+            self.logs, self.stop = [], stop_after_epoch
+
+        def log(self, metrics, step=None):
+            if self.stop is not None and metrics.get("epoch") == self.stop + 1:
+                raise Interrupted(f"stopped after epoch {self.stop}")
+            self.logs.append((step, dict(metrics)))
+
+        def series(self, key):
+            return [m[key] for _, m in self.logs if key in m]
+
+    def _make(stop_after_epoch=None):
+        tracker = RecordingTracker(stop_after_epoch)
+        monkeypatch.setattr(train_module, "start_tracking", lambda *a, **k: tracker)
+        return tracker
+
+    return _make
+
+
 def wandb_inspect(run_dir: Path, summary: bool = True):
     """Read an offline W&B run back with W&B's own CLI (`wandb leet inspect`)."""
     import json

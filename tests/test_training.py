@@ -43,21 +43,59 @@ def test_same_seed_same_run_other_seed_other_run(run_train, tmp_path):
     assert a != c
 
 
-def test_resume_two_plus_two_equals_four(run_train, tmp_path, caplog):
-    four, d4 = run_train("trainer.max_epochs=4", run_dir=tmp_path / "four")
-    _, d2 = run_train("trainer.max_epochs=2", run_dir=tmp_path / "two")
-    resumed, dr = run_train(
-        "trainer.max_epochs=4",
-        f"trainer.resume={d2}/checkpoints/last.pt",
-        run_dir=tmp_path / "resumed",
-    )
+SCHEDULES = {  # each set so that its shape changes across the resume at epoch 2
+    "constant": ["schedule.warmup_epochs=2.5"],
+    "cosine": ["schedule=cosine", "schedule.min_lr_ratio=0.1"],
+    "step": ["schedule=step", "schedule.step_epochs=1", "schedule.gamma=0.5"],
+    "warmup_cosine": ["schedule=warmup_cosine", "schedule.warmup_epochs=3"],
+    "plateau": ["schedule=plateau", "schedule.patience=0", "schedule.threshold=0.5"],
+}
+
+
+@pytest.mark.parametrize("name", SCHEDULES)
+def test_resume_two_plus_two_equals_four_for_every_schedule(run_train, recorder, tmp_path,
+                                                            caplog, name):
+    """A 4-epoch run stopped after epoch 2 and resumed (same config) ends with the weights,
+    history and lr of the run that was never stopped. The MLP has dropout: the RNG state is part
+    of what resumes."""
+    from conftest import Interrupted
+
+    common = ["model=mlp", "model.dropout=0.2", "trainer.max_epochs=4",
+              "trainer.checkpoint_every_s=0", *SCHEDULES[name]]
+    whole = recorder()
+    four, d4 = run_train(*common, run_dir=tmp_path / "four")
+    recorder(stop_after_epoch=2)
+    with pytest.raises(Interrupted):
+        run_train(*common, run_dir=tmp_path / "two")
+    second = recorder()
+    resumed, dr = run_train(*common, f"trainer.resume={tmp_path / 'two'}",
+                            run_dir=tmp_path / "resumed")
     assert resumed == four
     assert "differs from the checkpoint" not in caplog.text  # same config: no warning
+    assert "shaped for" not in caplog.text
     w4, wr = weights(d4), weights(dr)
     assert all(torch.equal(w4[k], wr[k]) for k in w4)
-    h4 = torch.load(d4 / "checkpoints/last.pt", weights_only=False)["fit_state"]["history"]
-    hr = torch.load(dr / "checkpoints/last.pt", weights_only=False)["fit_state"]["history"]
+    h4, hr = (torch.load(d / "checkpoints/last.pt", weights_only=False)["fit_state"]["history"]
+              for d in (d4, dr))
     assert h4 == hr
+    lrs = whole.series("train/lr")
+    assert second.series("train/lr") == lrs[len(lrs) // 2:]  # epochs 3-4: the same lr per step
+    assert len(set(lrs)) > 1 or name == "constant"  # the schedule moved across the resume
+
+
+def test_a_cosine_resumed_with_more_epochs_keeps_its_shape_and_says_so(run_train, recorder,
+                                                                       tmp_path, caplog):
+    """2 epochs of cosine resumed to 4: the lr stays at min_lr (0) instead of jumping back to
+    half the base lr, so epochs 3-4 leave the weights as they were, and the log says so."""
+    _, d2 = run_train("model=mlp", "schedule=cosine", "trainer.max_epochs=2",
+                      run_dir=tmp_path / "two")
+    later = recorder()
+    _, dr = run_train("model=mlp", "schedule=cosine", "trainer.max_epochs=4",
+                      f"trainer.resume={d2}", run_dir=tmp_path / "resumed")
+    assert set(later.series("train/lr")) == {0.0}
+    w2, wr = weights(d2), weights(dr)
+    assert all(torch.equal(w2[k], wr[k]) for k in w2)
+    assert "shaped for 2 epochs" in caplog.text and "from epoch 3 to 4" in caplog.text
 
 
 OPTIONS = [

@@ -176,7 +176,7 @@ def test_parallel_trials_share_the_cores(monkeypatch):
 
 
 def fake_trial(sweep: Path, num: int, overrides: list[str], val_loss: float | None,
-               objective: str = "val/loss") -> None:
+               objective: str = "val/loss", split_hash: str | None = None) -> None:
     folder = sweep / str(num)
     (folder / ".hydra").mkdir(parents=True)
     (folder / ".hydra/overrides.yaml").write_text(yaml.safe_dump(overrides))
@@ -189,7 +189,7 @@ def fake_trial(sweep: Path, num: int, overrides: list[str], val_loss: float | No
     history = [{"epoch": 1, "val/loss": val_loss + 0.5, "val/acc": acc - 0.1},
                {"epoch": 2, "val/loss": val_loss, "val/acc": acc}]
     sweeps.write_metrics(folder, "finished", objective=val_loss, summary=summary,
-                         history=history)
+                         history=history, **({"split_hash": split_hash} if split_hash else {}))
 
 
 def test_compare_ranks_trials_lists_failures_and_plots(tmp_path):
@@ -222,6 +222,44 @@ def test_compare_aggregates_seeds_per_configuration(tmp_path):
     mean, std = groups[0].stats["val/loss"]
     assert mean == pytest.approx(0.32) and std == pytest.approx(0.028284, abs=1e-5)
     assert "0.3200 ± 0.0283" in sweeps.compare(tmp_path)
+
+
+def test_compare_says_the_seeds_share_a_test_set_and_warns_when_splits_differ(tmp_path):
+    same = tmp_path / "same"
+    for num, seed in enumerate([0, 1]):
+        fake_trial(same, num, [f"seed={seed}"], 0.3 + seed / 10, split_hash="ab12")
+    report = sweeps.compare(same)
+    assert "every trial scored on the same test set, split ab12" in report
+    assert "WARNING" not in report
+
+    mixed = tmp_path / "mixed"  # seeds that also drew the split (before data.split_seed)
+    for num, (seed, split) in enumerate([(0, "ab12"), (1, "cd34"), (2, "ab12")]):
+        fake_trial(mixed, num, [f"seed={seed}"], 0.3 + seed / 10, split_hash=split)
+    report = sweeps.compare(mixed)
+    assert ("WARNING: the trials were scored on 2 different data splits (split ab12: trials 0, "
+            "2; split cd34: trial 1)") in report
+    header = next(line for line in report.splitlines() if line.lstrip().startswith("rank "))
+    assert header.split()[-1] == "split"
+    groups = sweeps.aggregate_seeds(sweeps.load_sweep(mixed), ["seed"], "minimize")
+    assert sorted(len(g.trials) for g in groups) == [1, 2]  # never averaged across splits
+    assert {g.trials[0].split_hash for g in groups} == {"ab12", "cd34"}
+
+
+def test_log_sampled_keys_get_a_log_axis_whatever_their_span(tmp_path, monkeypatch):
+    from nnrecipe import plots
+
+    (tmp_path / "multirun.yaml").write_text(yaml.safe_dump({"hydra": {
+        "sweeper": {"params": {"optimizer.lr": "tag(log, interval(1e-3, 3e-3))",
+                               "model.dropout": "interval(0, 0.5)"}},
+        "overrides": {"task": ["hparams_search=random"]}}}))
+    for num, (lr, dropout) in enumerate([(1e-3, 0.1), (2e-3, 0.3), (2.9e-3, 0.2)]):
+        fake_trial(tmp_path, num, [f"optimizer.lr={lr}", f"model.dropout={dropout}"], 0.5 + lr)
+    drawn = {}
+    draw = plots.scatter_panels
+    monkeypatch.setattr(plots, "scatter_panels",
+                        lambda *a, **k: drawn.update(k) or draw(*a, **k))
+    sweeps.compare(tmp_path)
+    assert drawn["log_x"] == {"optimizer.lr"}  # a 3x span: below the 10x rule, log all the same
 
 
 def test_compare_maximises_val_acc_when_that_is_the_objective(tmp_path):

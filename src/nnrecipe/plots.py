@@ -24,12 +24,14 @@ def save(fig, path: Path) -> Path:
 
 
 def scatter_panels(
-    panels: dict[str, tuple[list, list[float]]], path: Path, ylabel: str, title: str = ""
+    panels: dict[str, tuple[list, list[float]]], path: Path, ylabel: str, title: str = "",
+    log_x: set[str] = frozenset(),
 ) -> Path:
     """One scatter panel per name: y against x, where x is numbers or category names.
 
-    Numbers spanning more than a decade (all positive) get a log axis, as learning rates need
-    (and losses, when one diverging trial would squash all the others against zero).
+    The names in `log_x` (keys sampled log-uniformly, like learning rates) and numbers spanning
+    more than a decade (all positive) get a log axis (and so do losses, when one diverging trial
+    would squash all the others against zero).
     """
     ncols = min(3, max(1, len(panels)))
     nrows = math.ceil(len(panels) / ncols)
@@ -39,7 +41,7 @@ def scatter_panels(
     for ax, (name, (xs, ys)) in zip(axes.flat, panels.items(), strict=False):
         if all(isinstance(x, (int, float)) for x in xs):
             ax.scatter(xs, ys, alpha=0.8)
-            if _spans_decades(xs):
+            if name in log_x or _spans_decades(xs):
                 ax.set_xscale("log")
         else:
             categories = sorted({str(x) for x in xs})

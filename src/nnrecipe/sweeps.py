@@ -8,7 +8,9 @@ can be compared offline, with or without W&B.
 
 from __future__ import annotations
 
+import copy
 import json
+import logging
 import math
 import statistics
 from dataclasses import dataclass, field
@@ -43,6 +45,38 @@ def write_metrics(run_dir: Path, status: str, **fields) -> Path:
     tmp.write_text(json.dumps({"status": status, **fields}, indent=1, default=float))
     tmp.replace(path)
     return path
+
+
+# --- a trial's console: one line, the rest in its train.log ----------------------------------
+
+# A log record's one-line form for a sweep's console: log.info(..., extra={SWEEP_LINE: "..."}).
+SWEEP_LINE = "sweep_line"
+
+
+def compact_console() -> None:
+    """Make this trial's console one line per trial: the root logger's console handlers pass
+    warnings and errors, and of the other records only their one-line form (SWEEP_LINE), if
+    they have one. train.log (a FileHandler) keeps everything. Hydra configures a trial's
+    logging afresh, so this is called by each trial."""
+    root = logging.getLogger()
+    root.handlers = [_OneLinePerTrial(h) if type(h) is logging.StreamHandler else h
+                     for h in root.handlers]
+
+
+class _OneLinePerTrial(logging.Handler):
+    def __init__(self, console: logging.Handler):
+        super().__init__(console.level)
+        self.console = console
+
+    def handle(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.WARNING:
+            return self.console.handle(record)
+        line = getattr(record, SWEEP_LINE, None)
+        if line is None:
+            return False
+        short = copy.copy(record)  # the file handler formats the original record
+        short.msg, short.args = line, ()
+        return self.console.handle(short)
 
 
 # --- the trial's own identity (used while it runs) ---------------------------------------------

@@ -34,7 +34,13 @@ from nnrecipe.errors import UserError
 from nnrecipe.loop import Diverged, evaluate, fit
 from nnrecipe.models import build_model, init_head_bias
 from nnrecipe.optim import Schedule, build_optimizer
-from nnrecipe.sweeps import objective_direction, objective_value, write_metrics
+from nnrecipe.sweeps import (
+    SWEEP_LINE,
+    compact_console,
+    objective_direction,
+    objective_value,
+    write_metrics,
+)
 from nnrecipe.tracking import run_identity, start_tracking
 
 log = logging.getLogger("nnrecipe")
@@ -108,8 +114,11 @@ def train(cfg: DictConfig, run_dir: Path, identity: dict | None = None) -> float
         raise
     write_metrics(run_dir, "finished", objective=value, summary=summary, history=state.history)
     tracker.finish()
+    trial = (f"{(identity or {}).get('name', run_dir.name)}: val/loss {state.best_val_loss:.4f}"
+             f"  val/acc {state.best_val_acc:.4f}  test/acc {test['acc']:.4f}  (best epoch "
+             f"{state.best_epoch}/{state.epoch})")  # a sweep's console shows only this line
     log.info("best epoch %d/%d: val/loss %.4f  val/acc %.4f", state.best_epoch, state.epoch,
-             state.best_val_loss, state.best_val_acc)
+             state.best_val_loss, state.best_val_acc, extra={SWEEP_LINE: trial})
     log.info("test (best.pt): test/loss %.4f  test/acc %.4f", test["loss"], test["acc"])
     log.info("run folder: %s", run_dir)
     return value
@@ -130,6 +139,7 @@ def main(cfg: DictConfig) -> float | None:
     try:
         validate(cfg)  # before anything reads a value (the run's name formats optimizer.lr)
         if str(hc.mode) == "RunMode.MULTIRUN":  # parallel trials: one GPU, a share of the cores
+            compact_console()  # one line per trial; its train.log keeps everything
             with open_dict(cfg):
                 cfg.trainer.device = runtime.spread_over_gpus(cfg.trainer.device, hc.job.num)
                 cfg.trainer.num_threads = runtime.share_cores(cfg.trainer.num_threads,

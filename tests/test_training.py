@@ -225,9 +225,12 @@ def test_mixed_precision_computes_in_half_precision_and_trains(run_train, forwar
     assert best_val_loss < 0.75 * math.log(10)
 
 
-def test_timm_resnet18_trains_on_digits(run_train):
-    best_val_loss, _ = run_train("model=resnet18", "trainer.max_epochs=1")
-    assert best_val_loss < 0.75 * math.log(10)
+def test_a_timm_resnet_trains_on_digits(run_train):
+    """timm's test_resnet: resnet18's code path (timm wrapper, one input channel, the head found
+    by get_classifier) at a test size; resnet18 itself cost 15-45 s of the suite here."""
+    best_val_loss, _ = run_train("model=timm", "model.name=test_resnet", "optimizer.lr=3e-3",
+                                 "trainer.max_epochs=1")
+    assert best_val_loss < 0.5 * math.log(10)
 
 
 def test_early_stopping_stops(run_train):

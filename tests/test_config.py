@@ -101,7 +101,7 @@ def test_validation_takes_types_from_the_yaml_so_new_keys_need_no_schema(tmp_pat
     conf = tmp_path / "conf"
     shutil.copytree(ROOT / "conf", conf)
     with (conf / "trainer" / "default.yaml").open("a") as f:
-        f.write("new_knob: 4\nnew_switch: true\n")
+        f.write("new_knob: 4\nnew_switch: true\nnew_budget_s: 15\n")
     monkeypatch.setattr(config, "CONF", conf)
     monkeypatch.setattr(config, "_reference", config._reference.__wrapped__)
     monkeypatch.setattr(config, "_options", config._options.__wrapped__)
@@ -110,7 +110,7 @@ def test_validation_takes_types_from_the_yaml_so_new_keys_need_no_schema(tmp_pat
         with initialize_config_dir(str(conf), version_base="1.3"):
             validate(compose("train", overrides=list(overrides)))
 
-    check("trainer.new_knob=7", "trainer.new_switch=false")
+    check("trainer.new_knob=7", "trainer.new_switch=false", "trainer.new_budget_s=7.5")
     with pytest.raises(UserError, match=r"trainer.new_knob=abc must be an integer"):
         check("trainer.new_knob=abc")
     with pytest.raises(UserError, match=r"trainer.new_switch=1 must be true or false"):

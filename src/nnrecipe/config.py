@@ -4,8 +4,9 @@ A value of the wrong type or out of range must stop the run with one message nam
 not a traceback from deep inside (`optimizer.lr=abc` used to end in a ValueError from the run
 name's formatting). The types come from the defaults themselves: each key may take the kinds of
 value its option YAMLs in conf/ give it (a number where they hold a number, a list where a
-list...), so keys that new options add are covered without editing this file. RULES adds what
-a YAML cannot say: ranges, the choices of a string, and the type of keys whose default is null.
+list...), so keys that new options add are covered without editing this file: write a float
+default with a dot (15.0) unless its pattern in RULES says float. RULES adds what a YAML cannot
+say: ranges, the choices of a string, and the type of keys whose default is null.
 
 Hydra's structured configs (dataclass schemas) would say the same per group, but every option
 would need its schema written twice (the YAML and the dataclass); here the YAML is the schema.
@@ -62,7 +63,7 @@ RULES: list[tuple[str, str | None, str | None, object]] = [
     ("trainer.early_stopping.patience", "int", ">= 0 (null: off)", _at_least(0)),
     ("trainer.precision", None, "fp32, bf16 or fp16", lambda v: v in ("fp32", "bf16", "fp16")),
     ("trainer.resume", "str", None, None),
-    ("trainer.*_s", None, ">= 0", _at_least(0)),
+    ("*_s", "float", ">= 0", _at_least(0)),  # seconds: 60 in a YAML, 0.5 on the command line
     ("trainer.log_every_n_steps", None, ">= 1", _at_least(1)),
     ("*min_delta", None, ">= 0", _at_least(0)),
     ("*.num_workers", None, ">= 0", _at_least(0)),
@@ -289,6 +290,8 @@ def _kinds(defaults: list, rule) -> set[str]:
         kinds.add(_kind(d))
     if rule and rule[1] and kinds <= {"null", ANY}:  # a null default: the rule says the type
         kinds = {rule[1], "null"}
+    elif rule and rule[1] == "float" and kinds <= {"int", "float", "null"}:
+        kinds = kinds | {"float"}  # a float key whose YAML default happens to be whole
     elif kinds == {"null"}:
         kinds = {ANY}
     return kinds

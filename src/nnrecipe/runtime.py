@@ -86,11 +86,14 @@ def set_threads(num_threads: int | None) -> int:
 
 
 def auto_threads(sharing: int = 1) -> tuple[int, str]:
-    """(threads, why) for a run that did not choose: its share of the cores that other processes
-    leave idle, at least one. `sharing`: processes started together on these cores (the local
-    ranks of a distributed run, parallel trials), each getting an equal share."""
+    """(threads, why) for a run that did not choose: $OMP_NUM_THREADS when set (a cluster's or the
+    user's choice), else its share of the cores that other processes leave idle, at least one.
+    `sharing`: processes started together on these cores (the local ranks of a distributed run,
+    parallel trials), each getting an equal share."""
     total = cores()
     share = max(1, total // sharing)
+    if os.environ.get("OMP_NUM_THREADS", "").isdigit() and int(os.environ["OMP_NUM_THREADS"]):
+        return min(share, int(os.environ["OMP_NUM_THREADS"])), "OMP_NUM_THREADS"  # set by you
     busy = busy_cores()
     n = max(1, min(share, math.floor((total - busy) / sharing + 0.25)))
     if n == share:

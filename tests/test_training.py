@@ -275,6 +275,7 @@ def test_training_threads_use_the_idle_cores_only(monkeypatch, caplog):
     from nnrecipe import runtime
 
     monkeypatch.setattr(runtime, "cores", lambda: 8)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     for busy, threads, each_of_two in [(0.1, 8, 4), (3.0, 5, 2), (7.9, 1, 1), (12.0, 1, 1)]:
         monkeypatch.setattr(runtime, "busy_cores", lambda b=busy: b)
         assert runtime.auto_threads()[0] == threads
@@ -283,5 +284,7 @@ def test_training_threads_use_the_idle_cores_only(monkeypatch, caplog):
         assert runtime.set_threads(None) == torch.get_num_threads() == 1
         assert "other processes keep 12.0 cores busy" in caplog.text  # the log says why
         assert runtime.set_threads(4) == 4  # the user's choice is kept, whatever the load
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert runtime.auto_threads() == (3, "OMP_NUM_THREADS")  # the environment's choice is kept
     assert len(runtime._cpu_times()) == len(os.sched_getaffinity(0))  # one entry per own CPU
     torch.set_num_threads(1)

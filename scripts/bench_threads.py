@@ -84,7 +84,8 @@ def main() -> None:
         fastest = min(best[n] for n in counts)
         cells = "  ".join(f"{n} thr {best[n]:6.2f} s {best[n] / fastest:5.2f}x" for n in counts)
         print(f"+{load} busy (busy cores seen {busy:.1f}): {cells}  |  nnrecipe "
-              f"(chose {sorted(set(chosen))}) {best[None]:6.2f} s {best[None] / fastest:5.2f}x")
+              f"(chose {sorted(set(chosen))}) {best[None]:6.2f} s {best[None] / fastest:5.2f}x",
+              flush=True)
 
 
 if __name__ == "__main__":

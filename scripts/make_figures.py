@@ -168,7 +168,7 @@ def bench():
 @step
 def bench_threads():
     """Training threads under added load (scripts/bench_threads.py)."""
-    out, _ = run("scripts/bench_threads.py")
+    out, _ = run("scripts/bench_threads.py", "--repeats", "2", "--loads", "0", "2")
     lines = [line for line in out.splitlines() if "busy" in line or "cores;" in line]
     return "`scripts/bench_threads.py`", ["```", *lines, "```"]
 

@@ -130,7 +130,7 @@ class FakeLauncher:
         return next(self.batches)
 
 
-def test_failures_are_counted_over_the_whole_sweep_not_per_batch():
+def test_failures_are_counted_over_the_whole_sweep_not_per_batch(capsys):
     from hydra_plugins.nnrecipe_sweeper.tolerant import FailureCountingLauncher
 
     boom = Diverged("train/loss became nan")
@@ -145,9 +145,13 @@ def test_failures_are_counted_over_the_whole_sweep_not_per_batch():
     assert nan_job.status == JobStatus.FAILED  # so Optuna records FAIL instead of crashing
     with pytest.raises(ValueError, match="not a finite number"):
         _ = nan_job.return_value
-    with pytest.raises(Diverged):  # the third failure is one more than allowed
+    with pytest.raises(SystemExit) as stop:  # the third failure is one more than allowed
         launcher.launch([()], 3)
-    assert launcher.failures == 3
+    assert stop.value.code == 1 and launcher.failures == 3
+    assert "nnrecipe: error: the sweep stopped after 3 failed trials" in capsys.readouterr().err
+    bug = FailureCountingLauncher(FakeLauncher([[_job(JobStatus.FAILED, KeyError("x"))]]), 0)
+    with pytest.raises(KeyError):  # not a user's mistake: its traceback
+        bug.launch([()], 0)
 
 
 def test_parallel_trials_spread_over_gpus(monkeypatch):

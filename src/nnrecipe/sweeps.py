@@ -302,7 +302,7 @@ def compare(sweep_dir: Path, top: int = 5) -> str:
     )
     for t in ranked:
         if t not in done:
-            lines.append(f"trial {t.num} {t.status}: {t.error}")
+            lines.append(f"trial {t.num} {t.status}: {_first_words(t.error or '', t)}")
 
     groups = aggregate_seeds(trials, keys, direction) if "seed" in keys else []
     if any(len(g.trials) > 1 for g in groups):
@@ -318,6 +318,13 @@ def compare(sweep_dir: Path, top: int = 5) -> str:
 
     lines += ["", *(f"wrote {p}" for p in _plots(sweep_dir, done, keys, objective, top))]
     return "\n".join(lines)
+
+
+def _first_words(error: str, t: Trial, limit: int = 140) -> str:
+    """A failed trial's error on one line: its start, and where the rest is."""
+    if len(error) <= limit:
+        return error
+    return f"{error[:limit].rsplit(' ', 1)[0]} ... ({t.folder.name}/metrics.json)"
 
 
 def _test_set_note(splits: dict[str | None, list[int]]) -> str:

@@ -146,9 +146,10 @@ def sweep():
     folder = latest_sweep()
     report = compare(folder.relative_to(ROOT))  # writes the pictures
     pictures = [copy(folder / "objective_vs_hparams.png", "sweep_objective_vs_hparams.png")]
+    best = (folder / "optimization_results.yaml").read_text().strip()
     return "A 6-trial random search (`compare_runs.py`)", [
         f"- console: {len(out.splitlines())} lines for 6 trials; {seconds:.0f} s in all", "",
-        "```", report, "```", *(f"- picture: {p}" for p in pictures)]
+        "```", report, "```", "", "```yaml", best, "```", *(f"- picture: {p}" for p in pictures)]
 
 
 @step

@@ -196,13 +196,19 @@ def fake_trial(sweep: Path, num: int, overrides: list[str], val_loss: float | No
                          history=history, **({"split_hash": split_hash} if split_hash else {}))
 
 
-def test_compare_ranks_trials_lists_failures_and_plots(tmp_path):
+def test_compare_ranks_trials_lists_failures_and_plots(tmp_path, monkeypatch):
+    from nnrecipe import plots
+
     losses = {0: 0.9, 1: 0.3, 2: None, 3: 0.6}
     for num, loss in losses.items():
         model = "mlp" if num % 2 else "convnet"
         overrides = [f"optimizer.lr={10.0 ** -(num + 1)}", f"model={model}", "trainer.max_epochs=2"]
         fake_trial(tmp_path, num, overrides, loss)
+    drawn = {}
+    draw = plots.scatter_panels
+    monkeypatch.setattr(plots, "scatter_panels", lambda *a, **k: drawn.update(k) or draw(*a, **k))
     report = sweeps.compare(tmp_path, top=2)
+    assert drawn["failed"] == {"optimizer.lr": [0.001], "model": ["convnet"]}  # where it failed
     lines = report.splitlines()
     rows = [line.split() for line in lines if line.strip()[:1].isdigit() or
             line.strip().startswith("-")]

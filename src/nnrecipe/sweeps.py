@@ -316,7 +316,7 @@ def compare(sweep_dir: Path, top: int = 5) -> str:
               *([g.trials[0].split_hash or "?"] if split_column else [])] for g in groups],
         )
 
-    lines += ["", *(f"wrote {p}" for p in _plots(sweep_dir, done, keys, objective, top))]
+    lines += ["", *(f"wrote {p}" for p in _plots(sweep_dir, ranked, keys, objective, top))]
     return "\n".join(lines)
 
 
@@ -348,22 +348,25 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
             for row in [header, *rows]]
 
 
-def _plots(sweep_dir: Path, done: list[Trial], keys: list[str], objective: str,
+def _plots(sweep_dir: Path, trials: list[Trial], keys: list[str], objective: str,
            top: int) -> list[Path]:
     from nnrecipe import plots  # matplotlib: only when plotting
 
     written = []
-    panels = {}
+    done = [t for t in trials if t.objective is not None]
+    failed = [t for t in trials if t.status == "failed"]
+    panels, crosses = {}, {}
     for key in (k for k in keys if k != "seed"):
-        points = [(as_number(t.overrides.get(key)), t.overrides.get(key), t.objective)
-                  for t in done if key in t.overrides]
-        numeric = all(number is not None for number, _, _ in points)
-        panels[key] = ([number if numeric else text for number, text, _ in points],
-                       [y for _, _, y in points])
-    if panels and done:
+        values = {t.num: t.overrides[key] for t in done + failed if key in t.overrides}
+        numeric = all(as_number(v) is not None for v in values.values())
+        x = {n: as_number(v) if numeric else v for n, v in values.items()}
+        panels[key] = ([x[t.num] for t in done if t.num in x],
+                       [t.objective for t in done if t.num in x])
+        crosses[key] = [x[t.num] for t in failed if t.num in x]
+    if panels and (done or failed):
         written.append(plots.scatter_panels(panels, sweep_dir / "objective_vs_hparams.png",
                                             objective, f"{objective} per trial",
-                                            log_x=log_scaled_keys(sweep_dir)))
+                                            log_x=log_scaled_keys(sweep_dir), failed=crosses))
     best = {f"#{i + 1} trial {t.num}": t.history for i, t in enumerate(done[:top]) if t.history}
     if best:
         written.append(plots.learning_curves(best, sweep_dir / "learning_curves.png"))

@@ -7,7 +7,7 @@ PY := .venv/bin/python
 endif
 STAMP := $(dir $(PY)).nnrecipe-installed
 
-.PHONY: install train test test-all lint bench clean
+.PHONY: install train test lint bench clean
 install: $(STAMP)
 $(STAMP): pyproject.toml
 	@[ -x $(PY) ] || python3 -m venv .venv
@@ -18,11 +18,8 @@ $(STAMP): pyproject.toml
 train: $(STAMP)  ## the default job: convnet on the bundled digits, logged to W&B
 	$(PY) src/train.py $(ARGS)
 
-test: $(STAMP)  ## the fast test suite (slow end-to-end tests: make test-all)
+test: $(STAMP)  ## every test, end-to-end ones included (what CI runs)
 	$(PY) -m pytest -q $(ARGS)
-
-test-all: $(STAMP)
-	$(PY) -m pytest -q -m '' $(ARGS)
 
 lint: $(STAMP)
 	$(PY) -m ruff check .

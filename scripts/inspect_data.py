@@ -22,6 +22,7 @@ from omegaconf import DictConfig
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # runs from a checkout
 
 from nnrecipe.audit import run_audit  # noqa: E402
+from nnrecipe.config import validate  # noqa: E402
 from nnrecipe.errors import UserError  # noqa: E402
 
 log = logging.getLogger("nnrecipe")
@@ -31,6 +32,7 @@ log = logging.getLogger("nnrecipe")
 def main(cfg: DictConfig) -> None:
     hc = HydraConfig.get()
     try:
+        validate(cfg, "inspect_data")  # wrong types and ranges: one message, before any work
         run_audit(cfg, Path(hc.runtime.output_dir), name=f"audit-{hc.runtime.choices['data']}")
     except UserError as e:
         log.error("%s", e)

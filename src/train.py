@@ -28,12 +28,19 @@ from nnrecipe.checkpoint import (
     load_checkpoint,
 )
 from nnrecipe.checks import prediction_dynamics, run_preflight, save_dynamics
+from nnrecipe.config import validate
 from nnrecipe.data import build_data, iterate_batches, num_batches
 from nnrecipe.errors import UserError
 from nnrecipe.loop import Diverged, evaluate, fit
 from nnrecipe.models import build_model, init_head_bias
 from nnrecipe.optim import Schedule, build_optimizer
-from nnrecipe.sweeps import objective_direction, objective_value, write_metrics
+from nnrecipe.sweeps import (
+    SWEEP_LINE,
+    compact_console,
+    objective_direction,
+    objective_value,
+    write_metrics,
+)
 from nnrecipe.tracking import run_identity, start_tracking
 
 log = logging.getLogger("nnrecipe")
@@ -42,6 +49,7 @@ log = logging.getLogger("nnrecipe")
 def train(cfg: DictConfig, run_dir: Path, identity: dict | None = None) -> float | None:
     """Train one run; return its objective (cfg.objective of the best epoch) for a sweeper
     (None with checks.only: the preflight ran, nothing trained)."""
+    validate(cfg)  # wrong types and ranges: one message naming the key, before any work
     runtime.seed_everything(cfg.seed)
     runtime.set_threads(cfg.trainer.num_threads)
     torch.set_float32_matmul_precision("high")  # TF32 matmuls on GPUs that have them: any launcher
@@ -59,8 +67,7 @@ def train(cfg: DictConfig, run_dir: Path, identity: dict | None = None) -> float
         tracker.update_config(config)  # with the values found while loading the data
         example, _ = next(iterate_batches(data.train, 2, device=device))
         model = build_model(cfg.model, example, data.num_classes)
-        if cfg.init.head_bias == "prior":
-            init_head_bias(model, data.train.labels, data.num_classes)
+        init_head_bias(model, data.train.labels, data.num_classes, cfg.init.head_bias)
         optimizer = build_optimizer(cfg.optimizer, model)
         steps_per_epoch = num_batches(data.train, data.batch_size)
         schedule = Schedule(cfg.schedule, optimizer, steps_per_epoch, cfg.trainer.max_epochs)
@@ -107,8 +114,11 @@ def train(cfg: DictConfig, run_dir: Path, identity: dict | None = None) -> float
         raise
     write_metrics(run_dir, "finished", objective=value, summary=summary, history=state.history)
     tracker.finish()
+    trial = (f"{(identity or {}).get('name', run_dir.name)}: val/loss {state.best_val_loss:.4f}"
+             f"  val/acc {state.best_val_acc:.4f}  test/acc {test['acc']:.4f}  (best epoch "
+             f"{state.best_epoch}/{state.epoch})")  # a sweep's console shows only this line
     log.info("best epoch %d/%d: val/loss %.4f  val/acc %.4f", state.best_epoch, state.epoch,
-             state.best_val_loss, state.best_val_acc)
+             state.best_val_loss, state.best_val_acc, extra={SWEEP_LINE: trial})
     log.info("test (best.pt): test/loss %.4f  test/acc %.4f", test["loss"], test["acc"])
     log.info("run folder: %s", run_dir)
     return value
@@ -127,7 +137,9 @@ def _carry_best_checkpoint(resume: Path, checkpoints: Path) -> None:
 def main(cfg: DictConfig) -> float | None:
     hc = HydraConfig.get()
     try:
+        validate(cfg)  # before anything reads a value (the run's name formats optimizer.lr)
         if str(hc.mode) == "RunMode.MULTIRUN":  # parallel trials: one GPU, a share of the cores
+            compact_console()  # one line per trial; its train.log keeps everything
             with open_dict(cfg):
                 cfg.trainer.device = runtime.spread_over_gpus(cfg.trainer.device, hc.job.num)
                 cfg.trainer.num_threads = runtime.share_cores(cfg.trainer.num_threads,

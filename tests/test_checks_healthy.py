@@ -41,15 +41,11 @@ MODELS = {
     "dropout_bn": lambda: ConvNet(10, 1, dropout=0.5),
     "transformer": lambda: TinyTransformer(),
 }
-SLOW = pytest.mark.slow
 
 
 @pytest.mark.parametrize("name,seed", [
-    *((name, seed) for name in ("convnet", "mlp", "linear") for seed in (0, 1, 2)),
-    ("dropout_bn", 0), pytest.param("dropout_bn", 1, marks=SLOW),
-    pytest.param("dropout_bn", 2, marks=SLOW),
-    ("transformer", 0), pytest.param("transformer", 1, marks=SLOW),
-    pytest.param("transformer", 2, marks=SLOW),
+    *((name, seed) for name in ("convnet", "mlp", "linear", "dropout_bn", "transformer")
+      for seed in (0, 1, 2)),
 ])
 def test_healthy_models_pass_every_check(name, seed):
     make = MODELS[name]
@@ -78,19 +74,14 @@ def synthetic_rgb(seed=0, n=600, size=32) -> DataBundle:
                       image_size=size, mean=[0.0] * 3, std=[1.0] * 3, batch_size=32)
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("seed,rgb", [(0, False), (1, False), (0, True)],
-                         ids=["digits-0", "digits-1", "rgb32-0"])
+@pytest.mark.parametrize("seed,rgb", [(0, False), (0, True)], ids=["digits-0", "rgb32-0"])
 def test_timm_resnet18_with_batchnorm_passes(seed, rgb):
     from nnrecipe.models import timm_model
 
     torch.manual_seed(seed)
     data = synthetic_rgb(seed) if rgb else digits()
     model = timm_model("resnet18", num_classes=10, in_chans=data.in_chans)
-    report = preflight(model, data=data, seed=seed)
-    assert_healthy(report)
-    if not rgb:
-        assert report.seconds < 30  # target 15 s; measured ~14 s on 2 shared cores
+    assert_healthy(preflight(model, data=data, seed=seed))  # its time: a bench, not a test
 
 
 def test_no_check_fails_on_a_timm_resnet_with_zero_initialised_gates():

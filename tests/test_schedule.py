@@ -65,3 +65,56 @@ def test_a_restored_schedule_continues_with_the_same_lrs(cfg):
     resumed = make()
     resumed.load_state_dict(first.state_dict())
     assert before + run(resumed, 30, 60) == run(make(), 0, 60)
+
+
+def schedule(max_epochs, **cfg):
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    return Schedule(OmegaConf.create(cfg), opt, steps_per_epoch=10, max_epochs=max_epochs)
+
+
+def trace(s, steps):
+    out = []
+    for i in range(steps):
+        out.append(s.lr)
+        s.step()
+        if (i + 1) % 10 == 0:
+            s.epoch_end(1.0)
+    return out
+
+
+COSINE = dict(name="cosine", warmup_epochs=0.0, min_lr_ratio=0.1)
+
+
+def test_a_longer_resumed_cosine_keeps_its_shape_and_says_the_lr_stays_at_min_lr(caplog):
+    first = schedule(2, **COSINE)
+    before = trace(first, 10)  # one of two epochs
+    resumed = schedule(4, **COSINE)  # trainer.max_epochs 2 -> 4
+    resumed.load_state_dict(first.state_dict())
+    assert before + trace(resumed, 30) == trace(schedule(2, **COSINE), 40)  # no jump back up
+    assert ("schedule cosine was shaped for 2 epochs (the checkpoint's trainer.max_epochs) and "
+            "continues on that shape, not on trainer.max_epochs=4: the lr stays at min_lr "
+            "(0.1 x lr = 0.1) from epoch 3 to 4") in caplog.text
+    assert "start a new run from these weights" in caplog.text
+
+
+def test_a_shorter_resumed_cosine_says_where_the_decay_stops(caplog):
+    first = schedule(4, **COSINE)
+    trace(first, 10)
+    resumed = schedule(2, **COSINE)
+    resumed.load_state_dict(first.state_dict())
+    assert "training stops at epoch 2 with the lr at 0.55 x lr" in caplog.text
+    assert resumed.lr == pytest.approx(schedule(4, **COSINE).multiplier(10))
+
+
+@pytest.mark.parametrize("cfg", [
+    dict(name="constant", warmup_epochs=1.5),
+    dict(name="step", warmup_epochs=0.0, step_epochs=1, gamma=0.5),
+    dict(name="plateau", warmup_epochs=0.0, factor=0.5, patience=0, threshold=0),
+], ids=lambda c: c["name"])
+def test_schedules_that_ignore_max_epochs_resume_longer_without_a_warning(cfg, caplog):
+    first = schedule(2, **cfg)
+    before = trace(first, 10)
+    resumed = schedule(4, **cfg)
+    resumed.load_state_dict(first.state_dict())
+    assert before + trace(resumed, 30) == trace(schedule(4, **cfg), 40)
+    assert "shaped for" not in caplog.text

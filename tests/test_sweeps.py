@@ -111,7 +111,8 @@ def test_objective_val_acc_returns_the_best_epochs_accuracy(run_train, tmp_path)
                                "objective=val/acc")
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["status"] == "finished" and len(metrics["history"]) == 2
-    assert value == metrics["summary"]["best/val_acc"] == metrics["objective"]
+    best = min(metrics["history"], key=lambda h: h["val/loss"])  # the best.pt epoch
+    assert value == best["val/acc"] == metrics["objective"]
     assert 0.8 < value <= 1.0  # a linear model learns digits within two epochs at lr 0.01
 
 
@@ -129,7 +130,7 @@ class FakeLauncher:
         return next(self.batches)
 
 
-def test_failures_are_counted_over_the_whole_sweep_not_per_batch():
+def test_failures_are_counted_over_the_whole_sweep_not_per_batch(capsys):
     from hydra_plugins.nnrecipe_sweeper.tolerant import FailureCountingLauncher
 
     boom = Diverged("train/loss became nan")
@@ -144,9 +145,13 @@ def test_failures_are_counted_over_the_whole_sweep_not_per_batch():
     assert nan_job.status == JobStatus.FAILED  # so Optuna records FAIL instead of crashing
     with pytest.raises(ValueError, match="not a finite number"):
         _ = nan_job.return_value
-    with pytest.raises(Diverged):  # the third failure is one more than allowed
+    with pytest.raises(SystemExit) as stop:  # the third failure is one more than allowed
         launcher.launch([()], 3)
-    assert launcher.failures == 3
+    assert stop.value.code == 1 and launcher.failures == 3
+    assert "nnrecipe: error: the sweep stopped after 3 failed trials" in capsys.readouterr().err
+    bug = FailureCountingLauncher(FakeLauncher([[_job(JobStatus.FAILED, KeyError("x"))]]), 0)
+    with pytest.raises(KeyError):  # not a user's mistake: its traceback
+        bug.launch([()], 0)
 
 
 def test_parallel_trials_spread_over_gpus(monkeypatch):
@@ -175,7 +180,7 @@ def test_parallel_trials_share_the_cores(monkeypatch):
 
 
 def fake_trial(sweep: Path, num: int, overrides: list[str], val_loss: float | None,
-               objective: str = "val/loss") -> None:
+               objective: str = "val/loss", split_hash: str | None = None) -> None:
     folder = sweep / str(num)
     (folder / ".hydra").mkdir(parents=True)
     (folder / ".hydra/overrides.yaml").write_text(yaml.safe_dump(overrides))
@@ -188,16 +193,22 @@ def fake_trial(sweep: Path, num: int, overrides: list[str], val_loss: float | No
     history = [{"epoch": 1, "val/loss": val_loss + 0.5, "val/acc": acc - 0.1},
                {"epoch": 2, "val/loss": val_loss, "val/acc": acc}]
     sweeps.write_metrics(folder, "finished", objective=val_loss, summary=summary,
-                         history=history)
+                         history=history, **({"split_hash": split_hash} if split_hash else {}))
 
 
-def test_compare_ranks_trials_lists_failures_and_plots(tmp_path):
+def test_compare_ranks_trials_lists_failures_and_plots(tmp_path, monkeypatch):
+    from nnrecipe import plots
+
     losses = {0: 0.9, 1: 0.3, 2: None, 3: 0.6}
     for num, loss in losses.items():
         model = "mlp" if num % 2 else "convnet"
         overrides = [f"optimizer.lr={10.0 ** -(num + 1)}", f"model={model}", "trainer.max_epochs=2"]
         fake_trial(tmp_path, num, overrides, loss)
+    drawn = {}
+    draw = plots.scatter_panels
+    monkeypatch.setattr(plots, "scatter_panels", lambda *a, **k: drawn.update(k) or draw(*a, **k))
     report = sweeps.compare(tmp_path, top=2)
+    assert drawn["failed"] == {"optimizer.lr": [0.001], "model": ["convnet"]}  # where it failed
     lines = report.splitlines()
     rows = [line.split() for line in lines if line.strip()[:1].isdigit() or
             line.strip().startswith("-")]
@@ -221,6 +232,44 @@ def test_compare_aggregates_seeds_per_configuration(tmp_path):
     mean, std = groups[0].stats["val/loss"]
     assert mean == pytest.approx(0.32) and std == pytest.approx(0.028284, abs=1e-5)
     assert "0.3200 ± 0.0283" in sweeps.compare(tmp_path)
+
+
+def test_compare_says_the_seeds_share_a_test_set_and_warns_when_splits_differ(tmp_path):
+    same = tmp_path / "same"
+    for num, seed in enumerate([0, 1]):
+        fake_trial(same, num, [f"seed={seed}"], 0.3 + seed / 10, split_hash="ab12")
+    report = sweeps.compare(same)
+    assert "every trial scored on the same test set, split ab12" in report
+    assert "WARNING" not in report
+
+    mixed = tmp_path / "mixed"  # seeds that also drew the split (before data.split_seed)
+    for num, (seed, split) in enumerate([(0, "ab12"), (1, "cd34"), (2, "ab12")]):
+        fake_trial(mixed, num, [f"seed={seed}"], 0.3 + seed / 10, split_hash=split)
+    report = sweeps.compare(mixed)
+    assert ("WARNING: the trials were scored on 2 different data splits (split ab12: trials 0, "
+            "2; split cd34: trial 1)") in report
+    header = next(line for line in report.splitlines() if line.lstrip().startswith("rank "))
+    assert header.split()[-1] == "split"
+    groups = sweeps.aggregate_seeds(sweeps.load_sweep(mixed), ["seed"], "minimize")
+    assert sorted(len(g.trials) for g in groups) == [1, 2]  # never averaged across splits
+    assert {g.trials[0].split_hash for g in groups} == {"ab12", "cd34"}
+
+
+def test_log_sampled_keys_get_a_log_axis_whatever_their_span(tmp_path, monkeypatch):
+    from nnrecipe import plots
+
+    (tmp_path / "multirun.yaml").write_text(yaml.safe_dump({"hydra": {
+        "sweeper": {"params": {"optimizer.lr": "tag(log, interval(1e-3, 3e-3))",
+                               "model.dropout": "interval(0, 0.5)"}},
+        "overrides": {"task": ["hparams_search=random"]}}}))
+    for num, (lr, dropout) in enumerate([(1e-3, 0.1), (2e-3, 0.3), (2.9e-3, 0.2)]):
+        fake_trial(tmp_path, num, [f"optimizer.lr={lr}", f"model.dropout={dropout}"], 0.5 + lr)
+    drawn = {}
+    draw = plots.scatter_panels
+    monkeypatch.setattr(plots, "scatter_panels",
+                        lambda *a, **k: drawn.update(k) or draw(*a, **k))
+    sweeps.compare(tmp_path)
+    assert drawn["log_x"] == {"optimizer.lr"}  # a 3x span: below the 10x rule, log all the same
 
 
 def test_compare_maximises_val_acc_when_that_is_the_objective(tmp_path):

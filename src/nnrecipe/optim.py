@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from types import SimpleNamespace
 
@@ -10,6 +11,8 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from nnrecipe.errors import UserError, instantiate
+
+log = logging.getLogger("nnrecipe")
 
 
 def build_optimizer(cfg: DictConfig, model: nn.Module) -> torch.optim.Optimizer:
@@ -91,8 +94,43 @@ class Schedule:
 
     def state_dict(self) -> dict:
         keys = ("step_count", "plateau_factor", "best", "bad_epochs")
-        return {k: getattr(self, k) for k in keys}
+        return {**{k: getattr(self, k) for k in keys}, "shape": self._shape()}
 
     def load_state_dict(self, state: dict) -> None:
-        self.__dict__.update(state)
+        """Continue where the saved schedule was, on the shape it had: a cosine shaped for the
+        checkpoint's trainer.max_epochs keeps that shape when the resumed run's differs (warned,
+        with what it means), so resuming never jumps the lr back up."""
+        for key in ("step_count", "plateau_factor", "best", "bad_epochs"):
+            setattr(self, key, state[key])
+        saved = state.get("shape")  # None: a checkpoint written before shapes were saved
+        if saved and saved != self._shape():
+            if saved["name"] == self.cfg.name == "cosine":
+                log.warning("%s", self._reshaped_warning(saved))
+            self.steps_per_epoch = saved["steps_per_epoch"]
+            self.total_steps = saved["total_steps"]
+            self.warmup_steps = saved["warmup_steps"]
         self._apply()
+
+    def _shape(self) -> dict:
+        keys = ("steps_per_epoch", "total_steps", "warmup_steps")
+        return {"name": self.cfg.name, **{k: getattr(self, k) for k in keys}}
+
+    def _reshaped_warning(self, saved: dict) -> str:
+        """The exact consequence of keeping a cosine shaped for another number of epochs."""
+        was = saved["total_steps"] / saved["steps_per_epoch"]
+        now = self.total_steps / self.steps_per_epoch
+        floor = getattr(self.cfg, "min_lr_ratio", 0.0)
+        head = (f"schedule cosine was shaped for {was:g} epochs (the checkpoint's "
+                f"trainer.max_epochs) and continues on that shape, not on "
+                f"trainer.max_epochs={now:g}")
+        if now > was:
+            lr = floor * self.base_lrs[0]
+            idle = " (lr 0: those epochs change nothing)" if lr == 0 else ""
+            return (f"{head}: the lr stays at min_lr ({floor:g} x lr = {lr:g}) from epoch "
+                    f"{was + 1:g} to {now:g}{idle}. To train longer on a fresh cosine, start a "
+                    f"new run from these weights instead of resuming")
+        t = (now * saved["steps_per_epoch"] - saved["warmup_steps"]) / max(
+            1, saved["total_steps"] - saved["warmup_steps"])
+        left = floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, max(0.0, t))))
+        return (f"{head}: training stops at epoch {now:g} with the lr at {left:.3g} x lr, "
+                f"before the decay ends")

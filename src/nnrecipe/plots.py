@@ -24,31 +24,46 @@ def save(fig, path: Path) -> Path:
 
 
 def scatter_panels(
-    panels: dict[str, tuple[list, list[float]]], path: Path, ylabel: str, title: str = ""
+    panels: dict[str, tuple[list, list[float]]], path: Path, ylabel: str, title: str = "",
+    log_x: set[str] = frozenset(), failed: dict[str, list] | None = None,
 ) -> Path:
     """One scatter panel per name: y against x, where x is numbers or category names.
 
-    Numbers spanning more than a decade (all positive) get a log axis, as learning rates need
-    (and losses, when one diverging trial would squash all the others against zero).
+    The names in `log_x` (keys sampled log-uniformly, like learning rates) and numbers spanning
+    more than a decade (all positive) get a log axis (and so do losses, when one diverging trial
+    would squash all the others against zero). `failed`: per name, the x of trials without a y
+    (failed), drawn as red crosses along the top so that where trials fail shows too.
     """
+    from matplotlib.ticker import LogLocator, NullFormatter
+
+    failed = failed or {}
     ncols = min(3, max(1, len(panels)))
     nrows = math.ceil(len(panels) / ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(4 * ncols, 3 * nrows), squeeze=False)
     for ax in axes.flat[len(panels):]:
         ax.axis("off")
-    for ax, (name, (xs, ys)) in zip(axes.flat, panels.items(), strict=False):
-        if all(isinstance(x, (int, float)) for x in xs):
+    for i, (ax, (name, (xs, ys))) in enumerate(zip(axes.flat, panels.items(), strict=False)):
+        bad = failed.get(name, [])
+        if all(isinstance(x, (int, float)) for x in [*xs, *bad]):
             ax.scatter(xs, ys, alpha=0.8)
-            if _spans_decades(xs):
+            if name in log_x or _spans_decades([*xs, *bad]):
                 ax.set_xscale("log")
+                ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+                ax.xaxis.set_minor_formatter(NullFormatter())  # minor labels overlap
         else:
-            categories = sorted({str(x) for x in xs})
+            categories = sorted({str(x) for x in [*xs, *bad]})
             ax.scatter([categories.index(str(x)) for x in xs], ys, alpha=0.8)
             ax.set_xticks(range(len(categories)), categories)
-        ax.set_xlabel(name)
-        ax.set_ylabel(ylabel)
+            bad = [categories.index(str(x)) for x in bad]
         if _spans_decades(ys):
             ax.set_yscale("log")
+        if bad:
+            ax.scatter(bad, [ax.get_ylim()[1]] * len(bad), marker="x", color="tab:red",
+                       clip_on=False, label="failed")
+            if i == 0:
+                ax.legend(fontsize=7, loc="lower right")
+        ax.set_xlabel(name)
+        ax.set_ylabel(ylabel)
     if title:
         fig.suptitle(title, fontsize=10)
     return save(fig, path)

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import logging
+import math
 import os
 import random
+import time
 from contextlib import contextmanager
 
 import numpy as np
 import torch
 
 from nnrecipe.errors import UserError
+
+log = logging.getLogger("nnrecipe")
 
 
 def seed_everything(seed: int) -> None:
@@ -64,12 +69,73 @@ def cores() -> int:
 
 
 def set_threads(num_threads: int | None) -> int:
-    """Use `num_threads` CPU threads, never more than the machine's cores."""
-    n = min(num_threads or cores(), cores())
-    if n < 1:
+    """Use `num_threads` CPU threads (never more than the cores); None: as many as are idle.
+
+    Why not all cores: torch's intra-op threads meet at a barrier after every op, so one thread
+    that another process pushes off its core makes the others wait for the scheduler. With
+    small ops (a small model, small batches) that waiting dominates: the default job took
+    2-3.5 min on a loaded 2-core machine with 2 threads and 26 s with 1
+    (scripts/bench_threads.py measures it). Threads on idle cores cost nothing of the kind.
+    """
+    if num_threads is not None and num_threads < 1:
         raise UserError(f"trainer.num_threads must be positive, got {num_threads}")
+    n, why = (min(num_threads, cores()), "trainer.num_threads") if num_threads else auto_threads()
     torch.set_num_threads(n)
+    log.info("CPU threads: %d of %d cores (%s)", n, cores(), why)
     return n
+
+
+def auto_threads(sharing: int = 1) -> tuple[int, str]:
+    """(threads, why) for a run that did not choose: $OMP_NUM_THREADS when set (a cluster's or the
+    user's choice), else its share of the cores that other processes leave idle, at least one.
+    `sharing`: processes started together on these cores (the local ranks of a distributed run,
+    parallel trials), each getting an equal share."""
+    total = cores()
+    share = max(1, total // sharing)
+    if os.environ.get("OMP_NUM_THREADS", "").isdigit() and int(os.environ["OMP_NUM_THREADS"]):
+        return min(share, int(os.environ["OMP_NUM_THREADS"])), "OMP_NUM_THREADS"  # set by you
+    busy = busy_cores()
+    n = max(1, min(share, math.floor((total - busy) / sharing + 0.25)))
+    if n == share:
+        return n, "all idle" if sharing == 1 else f"1/{sharing} of the cores"
+    return n, (f"other processes keep {busy:.1f} cores busy, and threads beyond the idle "
+               f"cores wait on each other; trainer.num_threads=N to choose")
+
+
+_busy_seen: tuple[float, float] | None = None  # (when, busy cores): measured once a minute
+
+
+def busy_cores(window_s: float = 0.1, reuse_s: float = 60.0) -> float:
+    """Cores of this process's set that other processes keep busy now: from the kernel's CPU
+    times over `window_s` (Linux), else the 1-minute load average. Measured once per `reuse_s`
+    (a sweep's trials in one process do not each wait `window_s`)."""
+    global _busy_seen
+    now = time.monotonic()
+    if _busy_seen and now - _busy_seen[0] < reuse_s:
+        return _busy_seen[1]
+    try:
+        before = _cpu_times()
+        time.sleep(window_s)  # this process sleeps: what is busy meanwhile is someone else
+        after = _cpu_times()
+        busy = sum(1 - (a[1] - b[1]) / max(1, a[0] - b[0]) for b, a in zip(before, after))
+    except (OSError, ValueError, IndexError):
+        busy = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    _busy_seen = (now, max(0.0, busy))
+    return _busy_seen[1]
+
+
+def _cpu_times() -> list[tuple[int, int]]:
+    """(total, idle) jiffies of each CPU this process may use, from /proc/stat."""
+    mine = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
+    times = []
+    with open("/proc/stat") as f:
+        for line in f:
+            name, *fields = line.split()
+            if name.startswith("cpu") and name[3:].isdigit():
+                if mine is None or int(name[3:]) in mine:
+                    values = [int(v) for v in fields[:8]]
+                    times.append((sum(values), values[3] + values[4]))  # idle + iowait
+    return times
 
 
 @contextmanager

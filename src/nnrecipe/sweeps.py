@@ -8,7 +8,9 @@ can be compared offline, with or without W&B.
 
 from __future__ import annotations
 
+import copy
 import json
+import logging
 import math
 import statistics
 from dataclasses import dataclass, field
@@ -45,6 +47,38 @@ def write_metrics(run_dir: Path, status: str, **fields) -> Path:
     return path
 
 
+# --- a trial's console: one line, the rest in its train.log ----------------------------------
+
+# A log record's one-line form for a sweep's console: log.info(..., extra={SWEEP_LINE: "..."}).
+SWEEP_LINE = "sweep_line"
+
+
+def compact_console() -> None:
+    """Make this trial's console one line per trial: the root logger's console handlers pass
+    warnings and errors, and of the other records only their one-line form (SWEEP_LINE), if
+    they have one. train.log (a FileHandler) keeps everything. Hydra configures a trial's
+    logging afresh, so this is called by each trial."""
+    root = logging.getLogger()
+    root.handlers = [_OneLinePerTrial(h) if type(h) is logging.StreamHandler else h
+                     for h in root.handlers]
+
+
+class _OneLinePerTrial(logging.Handler):
+    def __init__(self, console: logging.Handler):
+        super().__init__(console.level)
+        self.console = console
+
+    def handle(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.WARNING:
+            return self.console.handle(record)
+        line = getattr(record, SWEEP_LINE, None)
+        if line is None:
+            return False
+        short = copy.copy(record)  # the file handler formats the original record
+        short.msg, short.args = line, ()
+        return self.console.handle(short)
+
+
 # --- the trial's own identity (used while it runs) ---------------------------------------------
 
 
@@ -64,18 +98,30 @@ def swept_keys(sweep_dir: Path) -> list[str]:
     Read from the sweep's multirun.yaml, which Hydra's grid sweeper and nnrecipe's Optuna
     sweeper write before the first trial starts.
     """
+    return [key for key, override in _sweep_overrides(sweep_dir).items()
+            if override.is_sweep_override()]
+
+
+def log_scaled_keys(sweep_dir: Path) -> set[str]:
+    """Keys the sweep samples on a log scale (`tag(log, interval(a, b))`): plotted on a log axis
+    whatever range the trials happened to draw."""
+    return {key for key, override in _sweep_overrides(sweep_dir).items()
+            if override.is_sweep_override() and "log" in getattr(override.value(), "tags", ())}
+
+
+def _sweep_overrides(sweep_dir: Path) -> dict:
     path = Path(sweep_dir) / "multirun.yaml"
     if not path.exists():
-        return []
+        return {}
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     cfg = yaml.safe_load(path.read_text())["hydra"]
     params = (cfg.get("sweeper") or {}).get("params") or {}
     candidates = [f"{k}={v}" for k, v in params.items()] + list(cfg["overrides"]["task"])
-    swept = {}  # the command line comes last and wins: `model=mlp` takes model out of the search
+    parsed = {}  # the command line comes last and wins: `model=mlp` takes model out of the search
     for override in OverridesParser.create().parse_overrides(candidates):
-        swept[override.get_key_element().lstrip("+~")] = override.is_sweep_override()
-    return [key for key, is_sweep in swept.items() if is_sweep]
+        parsed[override.get_key_element().lstrip("+~")] = override
+    return parsed
 
 
 def trial_name(num: int, values: dict[str, str]) -> str:
@@ -112,6 +158,7 @@ class Trial:
     history: list[dict] = field(default_factory=list)
     error: str | None = None
     objective: float | None = None    # None unless the trial finished
+    split_hash: str | None = None     # the data split it was scored on (None: not recorded)
 
 
 def load_sweep(sweep_dir: Path) -> list[Trial]:
@@ -135,11 +182,12 @@ def _load_trial(folder: Path, index: int) -> Trial:
     metrics_path = folder / "metrics.json"
     if not metrics_path.exists():
         return Trial(num, folder, overrides, config, "missing",
-                     error="no metrics.json: still running, or killed")
+                     error="no metrics.json: still running, killed, or stopped before it started "
+                           "(an invalid config: the sweep's log names the key)")
     metrics = json.loads(metrics_path.read_text())
     trial = Trial(num, folder, overrides, config, metrics["status"],
                   summary=metrics.get("summary", {}), history=metrics.get("history", []),
-                  error=metrics.get("error"))
+                  error=metrics.get("error"), split_hash=metrics.get("split_hash"))
     if trial.status == "finished":
         trial.objective = metrics.get("objective")
     return trial
@@ -177,20 +225,44 @@ class SeedGroup:
 
 
 def aggregate_seeds(trials: list[Trial], keys: list[str], direction: str) -> list[SeedGroup]:
-    """Finished trials that differ only by seed, grouped: mean ± std of each metric. Best first."""
+    """Finished trials that differ only by seed, grouped: mean ± std of each metric. Best first.
+    Trials scored on different data splits never share a group: their test sets differ."""
     groups: dict[tuple, list[Trial]] = {}
     for t in trials:
         if t.objective is not None:
             values = tuple((k, t.overrides.get(k)) for k in keys if k != "seed")
-            groups.setdefault(values, []).append(t)
+            groups.setdefault((values, t.split_hash), []).append(t)
     result = []
-    for values, members in groups.items():
+    for (values, _), members in groups.items():
         stats = {m: _mean_std([t.summary.get(key, math.nan) for t in members])
                  for m, key in METRICS.items()}
         result.append(SeedGroup(dict(values), members, stats))
     objective = {"minimize": "val/loss", "maximize": "val/acc"}[direction]
     result.sort(key=lambda g: g.stats[objective][0], reverse=direction == "maximize")
     return result
+
+
+def splits_of(trials: list[Trial]) -> dict[str | None, list[int]]:
+    """Finished trials by the data split they were scored on (metrics.json's split_hash)."""
+    splits: dict[str | None, list[int]] = {}
+    for t in trials:
+        if t.objective is not None:
+            splits.setdefault(t.split_hash, []).append(t.num)
+    return splits
+
+
+def split_warning(splits: dict[str | None, list[int]]) -> list[str]:
+    """Lines that say when trials were scored on different splits (warned, not refused: the
+    ranking by val/loss still reads, and sweeps written before splits were recorded still
+    compare; the over-seeds table never mixes splits)."""
+    if len(splits) < 2:
+        return []
+    parts = [f"{'split ' + h if h else 'split not recorded'}: trial{'s' * (len(n) > 1)} "
+             f"{', '.join(map(str, n))}" for h, n in splits.items()]
+    return [f"WARNING: the trials were scored on {len(splits)} different data splits "
+            f"({'; '.join(parts)}). Their val/test metrics are not comparable: a difference may "
+            f"be the test set, not the hyperparameters. Keep data.split_seed fixed so that "
+            f"seeds vary the training only.", ""]
 
 
 def _mean_std(xs: list[float]) -> tuple[float, float]:
@@ -216,32 +288,52 @@ def compare(sweep_dir: Path, top: int = 5) -> str:
     keys = varying_keys(trials)
     ranked = rank(trials, direction)
     done = [t for t in ranked if t.objective is not None]
+    splits = splits_of(trials)
+    split_column = ["split"] if len(splits) > 1 else []
     lines = [f"{sweep_dir}: {len(trials)} trials, {len(done)} finished, "
              f"{len(trials) - len(done)} failed or unfinished",
              f"ranked by {objective} ({direction}); val metrics of the best epoch, test/acc of "
-             f"its weights", ""]
+             f"its weights", "", *split_warning(splits)]
     lines += _table(
-        ["rank", "trial", *METRICS, *keys],
+        ["rank", "trial", *METRICS, *keys, *split_column],
         [[str(i + 1) if t in done else "-", str(t.num), *_metric_cells(t),
-          *(_short_value(t.overrides.get(k, "")) for k in keys)] for i, t in enumerate(ranked)],
+          *(_short_value(t.overrides.get(k, "")) for k in keys),
+          *([t.split_hash or "?"] if split_column else [])] for i, t in enumerate(ranked)],
     )
     for t in ranked:
         if t not in done:
-            lines.append(f"trial {t.num} {t.status}: {t.error}")
+            lines.append(f"trial {t.num} {t.status}: {_first_words(t.error or '', t)}")
 
     groups = aggregate_seeds(trials, keys, direction) if "seed" in keys else []
     if any(len(g.trials) > 1 for g in groups):
-        lines += ["", "Over seeds (mean ± std, per configuration):"]
+        lines += ["", f"Over seeds (mean ± std, per configuration; {_test_set_note(splits)}):"]
         config_keys = [k for k in keys if k != "seed"]
         lines += _table(
-            ["n", *METRICS, *config_keys],
+            ["n", *METRICS, *config_keys, *split_column],
             [[str(len(g.trials)),
               *(f"{mean:.4f} ± {std:.4f}" for mean, std in g.stats.values()),
-              *(_short_value(g.values.get(k) or "") for k in config_keys)] for g in groups],
+              *(_short_value(g.values.get(k) or "") for k in config_keys),
+              *([g.trials[0].split_hash or "?"] if split_column else [])] for g in groups],
         )
 
-    lines += ["", *(f"wrote {p}" for p in _plots(sweep_dir, done, keys, objective, top))]
+    lines += ["", *(f"wrote {p}" for p in _plots(sweep_dir, ranked, keys, objective, top))]
     return "\n".join(lines)
+
+
+def _first_words(error: str, t: Trial, limit: int = 140) -> str:
+    """A failed trial's error on one line: its start, and where the rest is."""
+    if len(error) <= limit:
+        return error
+    return f"{error[:limit].rsplit(' ', 1)[0]} ... ({t.folder.name}/metrics.json)"
+
+
+def _test_set_note(splits: dict[str | None, list[int]]) -> str:
+    if len(splits) > 1:
+        return "each row's trials share one test set, rows on different splits are apart"
+    (split,) = splits
+    if split is None:
+        return "split not recorded: seeds may have drawn different test sets"
+    return f"every trial scored on the same test set, split {split}"
 
 
 def _metric_cells(t: Trial) -> list[str]:
@@ -256,21 +348,25 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
             for row in [header, *rows]]
 
 
-def _plots(sweep_dir: Path, done: list[Trial], keys: list[str], objective: str,
+def _plots(sweep_dir: Path, trials: list[Trial], keys: list[str], objective: str,
            top: int) -> list[Path]:
     from nnrecipe import plots  # matplotlib: only when plotting
 
     written = []
-    panels = {}
+    done = [t for t in trials if t.objective is not None]
+    failed = [t for t in trials if t.status == "failed"]
+    panels, crosses = {}, {}
     for key in (k for k in keys if k != "seed"):
-        points = [(as_number(t.overrides.get(key)), t.overrides.get(key), t.objective)
-                  for t in done if key in t.overrides]
-        numeric = all(number is not None for number, _, _ in points)
-        panels[key] = ([number if numeric else text for number, text, _ in points],
-                       [y for _, _, y in points])
-    if panels and done:
+        values = {t.num: t.overrides[key] for t in done + failed if key in t.overrides}
+        numeric = all(as_number(v) is not None for v in values.values())
+        x = {n: as_number(v) if numeric else v for n, v in values.items()}
+        panels[key] = ([x[t.num] for t in done if t.num in x],
+                       [t.objective for t in done if t.num in x])
+        crosses[key] = [x[t.num] for t in failed if t.num in x]
+    if panels and (done or failed):
         written.append(plots.scatter_panels(panels, sweep_dir / "objective_vs_hparams.png",
-                                            objective, f"{objective} per trial"))
+                                            objective, f"{objective} per trial",
+                                            log_x=log_scaled_keys(sweep_dir), failed=crosses))
     best = {f"#{i + 1} trial {t.num}": t.history for i, t in enumerate(done[:top]) if t.history}
     if best:
         written.append(plots.learning_curves(best, sweep_dir / "learning_curves.png"))

@@ -102,6 +102,7 @@ def start_tracking(
         tags=list(tags or []) + list(logger_cfg.get("tags") or []),
         mode=wandb_mode(),
         reinit="finish_previous",  # sequential sweep trials in one process: never merge runs
+        settings=wandb.Settings(silent=job_type == "trial"),  # a sweep: one console line a trial
     )
     return WandbTracker(run)
 

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import logging
 import math
+import sys
 from pathlib import Path
 
 from hydra.core.utils import JobStatus
 from hydra_plugins.hydra_optuna_sweeper.optuna_sweeper import OptunaSweeper
 from omegaconf import OmegaConf
 
+from nnrecipe.errors import UserError
 from nnrecipe.sweeps import objective_direction
 
 log = logging.getLogger(__name__)
@@ -62,6 +64,11 @@ class FailureCountingLauncher:
         if self.failures > self.allowed_failures:
             log.error("%d trials failed, more than max_failure_rate allows: stopping the sweep",
                       self.failures)
+            error = failed[-1]._return_value
+            if isinstance(error, UserError):  # a mistake a user can fix: its message, no traceback
+                print(f"\nnnrecipe: error: the sweep stopped after {self.failures} failed trials "
+                      f"(max_failure_rate); the last: {error}", file=sys.stderr)
+                sys.exit(1)
             failed[-1].return_value  # noqa: B018 -- raises that trial's error, with its traceback
         return returns
 

@@ -78,7 +78,10 @@ def run_preflight(
         results = _run_checks(model, data, cfg, run_dir, make_optimizer, augment, loss_fn,
                               seed, head_bias_requested)
     report = Report(results)
-    log.info("\n%s", report.table())
+    table = report.table()  # in a sweep's console: its last line, the summary, and what failed
+    flagged = [f"{r.name} {r.status}" for r in report.results if r.status in (WARN, FAIL)]
+    line = "; ".join([f"preflight: {table.splitlines()[-1]}", *flagged])
+    log.info("\n%s", table, extra={"sweep_line": line})
     if run_dir is not None:
         report.write_json(Path(run_dir) / "checks.json")
     if tracker is not None:

@@ -51,11 +51,19 @@ def class_prior(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def init_head_bias(model: nn.Module, train_labels: torch.Tensor, num_classes: int) -> bool:
-    """ "Init well": set the head's bias to log class frequencies, so the loss at init is the
-    prior's entropy and the first steps are not spent learning the class balance."""
+def init_head_bias(model: nn.Module, train_labels: torch.Tensor, num_classes: int,
+                   mode: str = "prior") -> bool:
+    """ "Init well" (init.head_bias): `prior` sets the head's bias to log class frequencies, so the
+    loss at init is the prior's entropy and the first steps are not spent learning the class
+    balance; `zero` sets it to zero (every class equally likely at init, whatever the model's own
+    init drew). False when the model has no recognisable head."""
+    if mode not in ("prior", "zero"):
+        raise UserError(f"init.head_bias={mode}: use prior or zero")
     head = classifier_head(model)
     if head is None or head.bias is None or head.bias.numel() != num_classes:
         return False
-    head.bias.copy_(class_prior(train_labels, num_classes).log().to(head.bias))
+    if mode == "zero":
+        head.bias.zero_()
+    else:
+        head.bias.copy_(class_prior(train_labels, num_classes).log().to(head.bias))
     return True

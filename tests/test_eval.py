@@ -1,0 +1,61 @@
+"""src/eval.py: a finished run scored again from its checkpoint's own config."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import pytest
+from conftest import ROOT
+
+
+def load_eval_module():
+    spec = importlib.util.spec_from_file_location("nnrecipe_eval_entry", ROOT / "src" / "eval.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def eval_cfg():
+    from hydra import compose, initialize_config_dir
+
+    def _compose(*overrides):
+        with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+            return compose("eval", overrides=["logger=none", *overrides])
+
+    return _compose
+
+
+def test_eval_reproduces_the_training_runs_test_accuracy(run_train, eval_cfg, tmp_path):
+    _, run_dir = run_train("trainer.max_epochs=2", "trainer.checkpoint_every_s=0")
+    trained = json.loads((run_dir / "metrics.json").read_text())["summary"]
+    out = tmp_path / "eval"
+    out.mkdir()
+    scores = load_eval_module().evaluate_run(eval_cfg(f"checkpoint={run_dir}"), out)
+    assert scores["test"]["acc"] == trained["test/acc"]  # exactly: same weights, same data
+    assert scores["test"]["loss"] == pytest.approx(trained["test/loss"], rel=1e-5)
+    assert scores["val"]["loss"] == pytest.approx(trained["best/val_loss"], rel=1e-5)
+    low, high = scores["test"]["acc_ci"]
+    assert low < scores["test"]["acc"] < high and high - low < 0.2
+    assert sum(n for _, n, _, _ in scores["test"]["per_class"]) == scores["test"]["n"]
+    assert (out / "confusion.png").stat().st_size > 0
+    saved = json.loads((out / "eval.json").read_text())
+    assert saved["test"]["acc"] == trained["test/acc"]
+
+
+def test_eval_of_a_missing_checkpoint_says_what_to_give(eval_cfg, tmp_path):
+    from nnrecipe.errors import UserError
+
+    with pytest.raises(UserError, match="does not exist"):
+        load_eval_module().evaluate_run(eval_cfg(f"checkpoint={tmp_path}/nothing.pt"), tmp_path)
+
+
+def test_wilson_interval_matches_the_textbook_values():
+    from nnrecipe.squeeze import wilson_interval
+
+    # Wilson (1927) / Newcombe (1998), table I: 81/263 -> [0.2553, 0.3662]
+    low, high = wilson_interval(81, 263)
+    assert (round(low, 4), round(high, 4)) == (0.2553, 0.3662)
+    low, high = wilson_interval(10, 10)  # 100%: the interval keeps a width, inside [0, 1]
+    assert high == pytest.approx(1.0) and 0.65 < low < 0.75

@@ -131,4 +131,4 @@ def test_extra_keys_of_a_user_class_are_checked_against_its_signature(compose_cf
     validate(compose_cfg(*target, "+model.hidden=5"))
     with pytest.raises(UserError, match="takes no argument 'hiden'.*did you mean model.hidden"):
         validate(compose_cfg(*target, "+model.hiden=5"))
-    validate(compose_cfg("model=timm", "+model.drop_path_rate=0.1"))  # **kwargs: passed on
+    validate(compose_cfg("model=timm", "+model.drop_rate=0.1"))  # **kwargs: passed on

@@ -8,10 +8,14 @@ from torch import nn
 
 from nnrecipe.errors import UserError, instantiate
 
+# Keys of conf/model/*.yaml that nnrecipe acts on, not arguments of the model's class.
+OWN_KEYS = ("init_from", "freeze_epochs")
+
 
 def build_model(cfg: DictConfig, example: torch.Tensor, num_classes: int) -> nn.Module:
-    """Build from `_target_` and check, on a 2-sample example batch, the shape of its output."""
-    model = instantiate(cfg, "model")
+    """Build from `_target_` and check, on a 2-sample example batch, the shape of its output;
+    then load model.init_from's weights, if given."""
+    model = instantiate(_without(cfg, OWN_KEYS), "model")
     model.to(example.device)
     was_training = model.training
     model.eval()  # eval: no dropout draw, no BatchNorm update, the RNG stream stays untouched
@@ -31,7 +35,20 @@ def build_model(cfg: DictConfig, example: torch.Tensor, num_classes: int) -> nn.
             f"{num_classes} classes: it must return logits of shape [batch, {num_classes}] "
             f"(does its constructor use num_classes?)"
         )
+    if cfg.get("init_from"):
+        from nnrecipe.models.init_from import init_from
+
+        init_from(model, cfg.init_from)
     return model
+
+
+def _without(cfg: DictConfig, keys) -> DictConfig:
+    from omegaconf import OmegaConf
+
+    if not any(k in cfg for k in keys):
+        return cfg
+    return OmegaConf.create({k: v for k, v in OmegaConf.to_container(cfg, resolve=True).items()
+                             if k not in keys})
 
 
 def classifier_head(model: nn.Module) -> nn.Linear | None:
@@ -59,6 +76,10 @@ def init_head_bias(model: nn.Module, train_labels: torch.Tensor, num_classes: in
     init drew). False when the model has no recognisable head."""
     if mode not in ("prior", "zero"):
         raise UserError(f"init.head_bias={mode}: use prior or zero")
+    from nnrecipe.models.init_from import HEAD_LOADED
+
+    if getattr(model, HEAD_LOADED, False):
+        return True  # the head came from model.init_from: its bias is learned, keep it
     head = classifier_head(model)
     if head is None or head.bias is None or head.bias.numel() != num_classes:
         return False

@@ -65,3 +65,23 @@ def test_the_summary_has_the_test_accuracys_interval(train_module, tmp_path):
     run = train_run(train_module, tmp_path / "run", "trainer.max_epochs=1")
     summary = json.loads((run / "metrics.json").read_text())["summary"]
     assert summary["test/acc_ci_low"] < summary["test/acc"] < summary["test/acc_ci_high"]
+
+
+@pytest.mark.xfail(strict=True, reason="needs loop hook: Ema (best.pt's 'ema' entry)")
+def test_eval_of_an_ema_run_scores_the_ema_weights_as_training_did(train_module, tmp_path):
+    from test_eval import load_eval_module
+
+    from nnrecipe.squeeze import runs
+
+    run = train_run(train_module, tmp_path / "ema", "trainer.max_epochs=2",
+                    "trainer.ema.decay=0.9")
+    trained = json.loads((run / "metrics.json").read_text())["summary"]
+    raw = torch.load(run / "checkpoints" / "best.pt", weights_only=False)["model"]
+    assert not torch.equal(runs.load_run(run).weights["head.weight"], raw["head.weight"])
+    from conftest import ROOT
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("eval", overrides=["logger=none", f"checkpoint={run}"])
+    scores = load_eval_module().evaluate_run(cfg, tmp_path)
+    assert scores["test"]["acc"] == trained["test/acc"]

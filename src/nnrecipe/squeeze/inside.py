@@ -127,17 +127,9 @@ class Inside:
         end = filter_images(model, self.input_shape)
         if end is None or self.start_filters is None:
             return None
-        from nnrecipe.plots import image_grid
-
-        n = len(end)
-        ncols = min(16, n)
-        rows = math.ceil(n / ncols)
-        pad = torch.ones((rows * ncols - n, *end.shape[1:]))  # the end starts on a new row
-        images = torch.cat([self.start_filters, pad, end, pad])
-        # no caption per tile: ~100 text objects cost more than the rest of the picture
-        return image_grid(images, self.run_dir / "filters.png", ncols=ncols,
-                          title=f"first layer ({type(first_layer(model)).__name__}): "
-                                f"start (top) and epoch {self.records[-1]['epoch']} (bottom)")
+        title = (f"first layer ({type(first_layer(model)).__name__}): start (top) and epoch "
+                 f"{self.records[-1]['epoch']} (bottom)")
+        return tile_png(self.start_filters, end, self.run_dir / "filters.png", title)
 
     def _activations(self) -> Path | None:
         if not self.records or not self.records[0]["layers"]:
@@ -168,12 +160,44 @@ class Inside:
         axes[-1].set_xticks(range(len(names)), names, rotation=90, fontsize=7)
         fig.suptitle("activations on a fixed batch (eval mode)", fontsize=9)
         # fixed margins, not tight_layout (which measures every label: 2-3x the drawing time)
-        fig.subplots_adjust(left=0.1, right=0.98, top=0.95, bottom=0.18, hspace=0.08)
+        fig.subplots_adjust(left=0.16, right=0.98, top=0.95, bottom=0.14, hspace=0.08)
         path = self.run_dir / "activations.png"
         path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=90)
+        fig.savefig(path, dpi=80)
         plt.close(fig)
         return path
+
+
+def tile_png(top: torch.Tensor, bottom: torch.Tensor, path: Path, title: str,
+             ncols: int = 16) -> Path:
+    """Two sets of images [N, C, h, w] in [0, 1] as a grid PNG (top set, a gap, bottom set),
+    drawn with PIL: matplotlib's figure machinery cost ~0.15 s for the same picture, a third of
+    the budget for pictures of the inside."""
+    import numpy as np
+    from PIL import Image, ImageDraw
+
+    n, _, h, w = top.shape
+    ncols = max(1, min(ncols, n))
+    scale = max(1, 32 // max(h, w))   # small kernels (3x3) upscaled to ~32 px
+    cell_h, cell_w = h * scale + 4, w * scale + 4
+    rows = math.ceil(n / ncols)
+    band = 14                          # the title's height
+    canvas = np.full((band + (2 * rows) * cell_h + cell_h // 2, ncols * cell_w, 3), 255,
+                     dtype=np.uint8)
+    for k, images in enumerate((top, bottom)):
+        tiles = (images[:, :3].expand(-1, 3, -1, -1).permute(0, 2, 3, 1).numpy() * 255
+                 ).astype(np.uint8).repeat(scale, 1).repeat(scale, 2)
+        offset = band + k * (rows * cell_h + cell_h // 2)
+        for i, tile in enumerate(tiles):
+            r, c = divmod(i, ncols)
+            y, x = offset + r * cell_h + 2, c * cell_w + 2
+            canvas[y:y + tile.shape[0], x:x + tile.shape[1]] = tile
+    image = Image.fromarray(canvas)
+    ImageDraw.Draw(image).text((2, 1), title, fill=(0, 0, 0))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.save(path)
+    return path
 
 
 def _median(values: list[float]) -> float:

@@ -59,3 +59,12 @@ def test_wilson_interval_matches_the_textbook_values():
     assert (round(low, 4), round(high, 4)) == (0.2553, 0.3662)
     low, high = wilson_interval(10, 10)  # 100%: the interval keeps a width, inside [0, 1]
     assert high == pytest.approx(1.0) and 0.65 < low < 0.75
+
+
+def test_the_interval_of_a_mean_loss_stays_at_or_above_zero():
+    from nnrecipe.squeeze import mean_interval
+
+    low, high = mean_interval([0.0] * 99 + [5.0])  # skewed: mean 0.05, sd 0.5
+    assert low == 0.0 and 0.05 < high < 0.2
+    low, _ = mean_interval([-1.0, 1.0, 0.5])  # a signed quantity keeps its normal interval
+    assert low < 0

@@ -23,7 +23,8 @@ def wilson_interval(successes: float, n: float, z: float = Z95) -> tuple[float, 
 
 
 def mean_interval(values, z: float = Z95) -> tuple[float, float]:
-    """Normal-approximation interval of the mean of per-sample values (e.g. the loss)."""
+    """Normal-approximation interval of the mean of per-sample values (e.g. the loss); a
+    quantity that cannot be negative keeps its lower end at 0 (a near-zero loss is skewed)."""
     import torch
 
     v = torch.as_tensor(values, dtype=torch.float64).flatten()
@@ -32,7 +33,8 @@ def mean_interval(values, z: float = Z95) -> tuple[float, float]:
         return (math.nan, math.nan)
     mean = v.mean().item()
     half = z * (v.std().item() / math.sqrt(n) if n > 1 else math.inf)
-    return (mean - half, mean + half)
+    low = max(0.0, mean - half) if v.min().item() >= 0 else mean - half
+    return (low, mean + half)
 
 
 def format_interval(value: float, interval: tuple[float, float]) -> str:

@@ -173,6 +173,13 @@ CATALOG = [
     bad("head-too-small", "model=linear", "model.num_classes=5", says="outputs [2, 5]"),
     bad("custom-model-not-importable", "model=custom", "model._target_=nopkg.Net",
         says="could not build model"),
+    bad("init-from-missing", "model.init_from={tmp}/no/such/run", says="does not exist"),
+    bad("init-from-another-model", "model.init_from={run}", says="another architecture"),
+    bad("spatial-dropout-above-1", "model.spatial_dropout=1.5",
+        says="model.spatial_dropout=1.5 must be in [0, 1)"),
+    bad("freeze-negative", "model.freeze_epochs=-1", says="model.freeze_epochs=-1 must be >= 0"),
+    bad("pretrained-file-missing", "model=timm", "model.name=test_resnet",
+        "model.pretrained_file={tmp}/none.pth", says="pretrained_file="),
     # checkpoints
     bad("resume-missing", "trainer.resume={tmp}/no/such/last.pt", says="does not exist"),
     bad("resume-garbage", "trainer.resume={file}", make=garbage_checkpoint, says="unreadable"),

@@ -93,10 +93,12 @@ def init_from(model: nn.Module, source: str | Path) -> LoadReport:
     """Load `source` into `model` and say what happened. Nothing loaded is an error: the source
     is another architecture, and training it "from these weights" would silently start fresh."""
     report = load_matching(model, read_state_dict(source))
-    if not report.loaded:
-        raise UserError(f"model.init_from={source}: no tensor of it fits this model (names or "
-                        f"shapes differ everywhere: e.g. {report.skipped[:3]}); use the same "
-                        f"model config as the run it comes from")
+    trunk = {id(p) for p in trunk_parameters(model)}
+    trunk_keys = {n for n, p in model.named_parameters() if id(p) in trunk}
+    if not report.loaded or (trunk_keys and not trunk_keys & set(report.loaded)):
+        raise UserError(f"model.init_from={source}: no tensor of it fits this model's body "
+                        f"(names or shapes differ: e.g. {report.skipped[:3]}): it comes from "
+                        f"another architecture. Use the model config of the run it comes from")
     log.info("%s", report.summary(source))
     return report
 

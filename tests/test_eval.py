@@ -68,3 +68,25 @@ def test_the_interval_of_a_mean_loss_stays_at_or_above_zero():
     assert low == 0.0 and 0.05 < high < 0.2
     low, _ = mean_interval([-1.0, 1.0, 0.5])  # a signed quantity keeps its normal interval
     assert low < 0
+
+
+def test_eval_is_a_wandb_run_of_job_type_eval(run_train, eval_cfg, tmp_path, monkeypatch):
+    from nnrecipe.tracking import Tracker
+
+    calls = {}
+
+    class Recording(Tracker):
+        def summary(self, values):
+            calls["summary"] = values
+
+        def image(self, key, path, caption=None, step=None):
+            calls.setdefault("images", []).append(key)
+
+    module = load_eval_module()
+    monkeypatch.setattr(module, "start_tracking",
+                        lambda *a, **k: calls.update(k) or Recording())
+    _, run_dir = run_train("trainer.max_epochs=1", "model=linear")
+    module.evaluate_run(eval_cfg(f"checkpoint={run_dir}", "logger=wandb"), tmp_path)
+    assert calls["job_type"] == "eval"
+    assert calls["images"] == ["val/confusion", "test/confusion"]
+    assert {"test/acc", "test/acc_ci_low", "val/loss_ci_high"} <= set(calls["summary"])

@@ -88,3 +88,30 @@ def test_soup_averages_weights_and_needs_one_architecture():
     assert soup["w"].tolist() == [0.5, 0.5] and soup["n"].item() == 3
     with pytest.raises(UserError, match="same architecture"):
         average_weights([a, {"w": torch.ones(3), "n": torch.tensor(1)}])
+
+
+def test_top_k_keeps_the_best_members_and_the_run_is_an_ensemble_job(three_seeds, tmp_path,
+                                                                      monkeypatch):
+    import nnrecipe.tracking
+    from nnrecipe.tracking import Tracker
+
+    calls = {}
+
+    class Recording(Tracker):
+        def summary(self, values):
+            calls["summary"] = values
+
+    def start(logger_cfg, run_dir, config, **kwargs):
+        calls.update(kwargs)
+        return Recording()
+
+    monkeypatch.setattr(nnrecipe.tracking, "start_tracking", start)
+    assert load_script().main([str(three_seeds), "--top", "2", "--out", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "ensemble.json").read_text())
+    losses = {str(s): result["rows"][str(s)]["val"]["loss"] for s in range(3)
+              if str(s) in result["rows"]}
+    assert len(result["members"]) == 2 == len(losses)
+    worst = max(range(3), key=lambda s: json.loads(
+        (three_seeds / str(s) / "metrics.json").read_text())["summary"]["best/val_loss"])
+    assert str(worst) not in losses
+    assert calls["job_type"] == "ensemble" and "test/acc_ci_low" in calls["summary"]

@@ -69,8 +69,22 @@ def load_run(path: str | Path) -> Run:
     if with_ema and ckpt.get("ema"):
         weights = ema_weights(ckpt["ema"], weights)
     path = Path(path)
-    name = path.name if path.is_dir() else f"{file.parent.parent.name}/{file.name}"
+    name = trial_label(path) if path.is_dir() else f"{file.parent.parent.name}/{file.name}"
     return Run(name=name, file=file, config=config, weights=weights)
+
+
+def trial_label(run_dir: Path) -> str:
+    """A sweep trial's folder named as the sweep names it (trial1-lr=0.003), else the folder."""
+    from nnrecipe.sweeps import parse_overrides, swept_keys, trial_name
+
+    overrides = run_dir / ".hydra" / "overrides.yaml"
+    if not (run_dir.name.isdigit() and overrides.exists()):
+        return run_dir.name
+    import yaml
+
+    values = parse_overrides(yaml.safe_load(overrides.read_text()) or [])
+    keys = [k for k in swept_keys(run_dir.parent) if k in values]
+    return trial_name(int(run_dir.name), {k: values[k] for k in keys}) if keys else run_dir.name
 
 
 def ema_weights(ema_state: dict, raw: dict) -> dict:

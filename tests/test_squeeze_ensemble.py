@@ -115,3 +115,21 @@ def test_top_k_keeps_the_best_members_and_the_run_is_an_ensemble_job(three_seeds
         (three_seeds / str(s) / "metrics.json").read_text())["summary"]["best/val_loss"])
     assert str(worst) not in losses
     assert calls["job_type"] == "ensemble" and "test/acc_ci_low" in calls["summary"]
+
+
+def test_a_soup_of_fine_tunes_from_one_init_beats_its_mean_member(train_module, tmp_path):
+    from nnrecipe import runtime
+    from nnrecipe.squeeze import ensemble, scoring
+
+    base = train_run(train_module, tmp_path / "base", "trainer.max_epochs=2", "optimizer.lr=3e-3")
+    for s in (1, 2, 3):
+        variation = seed_overrides(s)[:1] + (["data.split_seed=0"] if "data.split_seed=0" in
+                                             seed_overrides(s) else [f"model.dropout={s / 10}"])
+        train_run(train_module, tmp_path / "tunes" / str(s), "trainer.max_epochs=1",
+                  f"model.init_from={base}", "optimizer.lr=1e-3", *variation)
+    pool = ensemble.load_pool([tmp_path / "tunes"], runtime.pick_device("cpu"))
+    assert ensemble.shared_init(pool)
+    soup = ensemble.soup_outputs(pool, [0, 1, 2])
+    soup_loss = scoring.metrics(pool.task, soup["val"], pool.targets["val"])["loss"]
+    mean_loss = sum(m.scores["val"]["loss"] for m in pool.members) / 3
+    assert soup_loss < mean_loss

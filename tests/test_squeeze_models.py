@@ -96,3 +96,25 @@ def test_timm_drop_path_and_offline_pretrained_file(tmp_path):
     assert differ == ["fc.weight", "fc.bias"]  # the trunk loaded; timm remade the head
     with pytest.raises(UserError, match="pretrained_file=.* does not exist"):
         timm_model("test_resnet", 5, 1, pretrained_file=str(tmp_path / "none.pth"))
+
+
+def test_pretrained_weights_in_the_local_cache_are_read_without_the_network(tmp_path,
+                                                                             monkeypatch):
+    import huggingface_hub
+
+    from nnrecipe.models import timm_model
+
+    source = timm_model("test_resnet", num_classes=5, in_chans=1)
+    torch.save(source.state_dict(), tmp_path / "pytorch_model.bin")
+    asked = []
+
+    def cache(repo, filename, **kwargs):
+        asked.append(repo)
+        return str(tmp_path / filename) if filename == "pytorch_model.bin" else None
+
+    monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", cache)
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download",
+                        lambda *a, **k: pytest.fail("asked the Hub for cached weights"))
+    loaded = timm_model("test_resnet", num_classes=5, in_chans=1, pretrained=True)
+    assert asked == ["timm/test_resnet.r160_in1k", "timm/test_resnet.r160_in1k"]
+    assert torch.equal(loaded.conv1[0].weight, source.conv1[0].weight)

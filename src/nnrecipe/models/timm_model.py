@@ -32,6 +32,8 @@ def timm_model(
             raise UserError(f"model.pretrained_file={pretrained_file} does not exist")
         pretrained = True
         kwargs["pretrained_cfg_overlay"] = {"file": str(Path(pretrained_file).expanduser())}
+    elif pretrained and (cached := cached_weights(name)):
+        kwargs["pretrained_cfg_overlay"] = {"file": cached}  # no network call at all
     if drop_path_rate:
         kwargs["drop_path_rate"] = drop_path_rate
     try:
@@ -51,3 +53,17 @@ def timm_model(
             f"download the weights file and set model.pretrained_file=/path/to/"
             f"model.safetensors; or set model.pretrained=false"
         ) from e
+
+
+def cached_weights(name: str) -> str | None:
+    """The file of timm's default weights for `name` in the local Hugging Face cache, if there.
+    Asking the Hub first would cost a minute of retries on a machine without a network."""
+    from huggingface_hub import try_to_load_from_cache
+    from timm.models import get_pretrained_cfg
+
+    hub = getattr(get_pretrained_cfg(name), "hf_hub_id", None)
+    for filename in ("model.safetensors", "pytorch_model.bin") if hub else ():
+        found = try_to_load_from_cache(hub, filename)
+        if isinstance(found, str):
+            return found
+    return None

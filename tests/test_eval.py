@@ -90,3 +90,18 @@ def test_eval_is_a_wandb_run_of_job_type_eval(run_train, eval_cfg, tmp_path, mon
     assert calls["job_type"] == "eval"
     assert calls["images"] == ["val/confusion", "test/confusion"]
     assert {"test/acc", "test/acc_ci_low", "val/loss_ci_high"} <= set(calls["summary"])
+
+
+def test_per_sample_losses_add_up_to_the_tasks_summed_loss():
+    import torch
+
+    from nnrecipe.squeeze.scoring import metrics, per_sample_loss
+    from nnrecipe.tasks import Classification, Regression
+
+    g = torch.Generator().manual_seed(0)
+    logits, y = torch.randn(40, 5, generator=g), torch.randint(0, 5, (40,), generator=g)
+    for task, out, target in [(Classification(), logits, y),
+                              (Regression(), logits[:, :2], logits[:, 2:4])]:
+        per = per_sample_loss(task, out, target)
+        assert per.shape == (40,)
+        assert per.mean().item() == pytest.approx(metrics(task, out, target)["loss"], rel=1e-5)

@@ -68,7 +68,8 @@ def load_pool(paths, device: torch.device, splits=("val", "test")) -> Pool:
         members.append(member)
         del model
     data = reference[2]
-    task = runs.task_of(reference[0].config)
+    task = runs.task_of(reference[0].config, data)
+    targets = {s: task.encode(t) for s, t in targets.items()}
     for m in members:
         m.scores = {s: scoring.score(task, m.outputs[s], targets[s]) for s in splits}
     return Pool(members, targets, task, data, device)

@@ -93,16 +93,22 @@ def ema_weights(ema_state: dict, raw: dict) -> dict:
     return strip if strip.keys() == raw.keys() else raw
 
 
-def task_of(config: dict):
-    """The run's Task: its `task` group when it has one, else classification."""
+def task_of(config: dict, data=None):
+    """The run's Task (its `task` group when it has one, else classification), fitted to the
+    training targets as training fitted it (regression's standardisation). Score outputs
+    against `task.encode(targets)`."""
     from nnrecipe.tasks import Classification
 
     task_cfg = config.get("task")
     if isinstance(task_cfg, dict) and task_cfg.get("_target_"):
         from nnrecipe.errors import instantiate
 
-        return instantiate(OmegaConf.create(task_cfg), "task")
-    return Classification()
+        task = instantiate(OmegaConf.create(task_cfg), "task")
+    else:
+        task = Classification()
+    if data is not None:
+        task.fit_targets(data.train.labels)
+    return task
 
 
 def build_data_of(config: dict, device: torch.device):

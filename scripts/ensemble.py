@@ -57,9 +57,9 @@ def run(args) -> dict:
     from nnrecipe.squeeze import ensemble
     from nnrecipe.tracking import start_tracking
 
-    out = args.out or _default_out(args.runs)
-    out.mkdir(parents=True, exist_ok=True)
     pool = ensemble.load_pool(args.runs, runtime.pick_device(args.device))
+    out = args.out or _default_out(args.runs)
+    out.mkdir(parents=True, exist_ok=True)  # only once there is something to write
     if args.top:
         pool = ensemble.top_members(pool, args.top)
     n = len(pool.members)

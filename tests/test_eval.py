@@ -105,3 +105,28 @@ def test_per_sample_losses_add_up_to_the_tasks_summed_loss():
         per = per_sample_loss(task, out, target)
         assert per.shape == (40,)
         assert per.mean().item() == pytest.approx(metrics(task, out, target)["loss"], rel=1e-5)
+
+
+def test_the_command_line_says_one_line_and_exits_1_on_a_bad_checkpoint(tmp_path, capsys):
+    from hydra import compose, initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    (tmp_path / "garbage.pt").write_bytes(b"not a checkpoint")
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("eval", overrides=["logger=none", f"checkpoint={tmp_path}/garbage.pt"],
+                      return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = str(tmp_path / "out")
+        HydraConfig.instance().set_config(cfg)
+        del cfg["hydra"]
+    try:
+        with pytest.raises(SystemExit) as stop:
+            load_eval_module().main(cfg)
+    finally:
+        HydraConfig.instance().cfg = None
+    err = capsys.readouterr().err
+    assert stop.value.code == 1
+    (line,) = [line for line in err.splitlines() if line.startswith("nnrecipe: error:")]
+    assert f"checkpoint {tmp_path}/garbage.pt is unreadable" in line
+    assert "Traceback" not in err

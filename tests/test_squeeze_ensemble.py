@@ -133,3 +133,12 @@ def test_a_soup_of_fine_tunes_from_one_init_beats_its_mean_member(train_module, 
     soup_loss = scoring.metrics(pool.task, soup["val"], pool.targets["val"])["loss"]
     mean_loss = sum(m.scores["val"]["loss"] for m in pool.members) / 3
     assert soup_loss < mean_loss
+
+
+def test_a_folder_without_runs_is_one_clear_error(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    assert load_script().main([str(tmp_path / "empty"), "--logger", "none"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("ensemble: error:") and "holds no run" in err
+    assert load_script().main([str(tmp_path / "nothing"), "--logger", "none"]) == 1
+    assert "does not exist" in capsys.readouterr().err

@@ -69,11 +69,11 @@ def test_regression_reports_in_the_targets_units():
     assert m["rmse"] == pytest.approx(np.sqrt(((pred - truth) ** 2).mean()), rel=1e-4)
     assert m["r2"] == pytest.approx(r2_score(truth, pred), rel=1e-4)
     # init well: the bias at the target mean gives the targets' variance (~1 standardised)
-    at_mean, _ = task.expected_init_loss(raw[:150], 2, head_at_constant=True)
+    at_mean, _ = task.expected_init_loss(y[:150], 2, head_at_constant=True)
     assert at_mean == pytest.approx(149 / 150, rel=1e-3)
     unscaled = Regression(standardize_targets=False)
     unscaled.fit_targets(raw[:150])
-    zero, _ = unscaled.expected_init_loss(raw[:150], 2, head_at_constant=False)
+    zero, _ = unscaled.expected_init_loss(unscaled.encode(raw[:150]), 2, head_at_constant=False)
     assert zero > 2000  # ~50^2: why the recipe sets the final bias to the mean
 
 

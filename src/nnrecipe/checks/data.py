@@ -27,12 +27,18 @@ def check_data_batch(
     class_names: list[str] | None = None,
     others: dict[str, torch.Tensor] | None = None,
     train_labels: torch.Tensor | None = None,
+    classes: bool = True,
+    reference: torch.Tensor | None = None,
 ) -> CheckResult:
     """The exact tensor the model receives: dtype, shape, finite, normalised, labels valid.
 
     `others`: inputs of other splits ({"val": x}), which must look like the training inputs
     (same preprocessing). `train_labels`: the whole training split's labels, every class in
-    them. Optionally saves `picture`: the batch as an image grid (de-normalised) with labels.
+    them. `classes`: False for targets that are not class indices (regression values,
+    multi-label 0/1 rows): they must only be finite. `reference`: training inputs the other
+    splits are compared with (default: the batch; a tabular batch holds one value per feature
+    and sample, too few to compare spreads with). Optionally saves `picture`: the batch as
+    an image grid (de-normalised) with labels.
     """
     problems: list[tuple[str, str]] = []  # (status, what is wrong and what to try)
     if not x.is_floating_point():
@@ -61,7 +67,12 @@ def check_data_batch(
         problems.append((WARN, f"inputs look poorly normalised (mean {_fmt(mean)}, std "
                                f"{_fmt(std)}): check data.mean/std"))
     for split, other in (others or {}).items():
-        problems += _compare_splits(split, xf, other)
+        base = xf if reference is None else reference.detach().float().nan_to_num()
+        problems += _compare_splits(split, base, other)
+    if not classes:
+        train_labels = None
+        if not torch.isfinite(y.float()).all():
+            problems.append((FAIL, "targets hold NaN/Inf: drop or fill those rows"))
     if train_labels is not None:
         counts = torch.bincount(train_labels.cpu().long().clamp(0, num_classes - 1),
                                 minlength=num_classes)
@@ -70,7 +81,7 @@ def check_data_batch(
             problems.append((FAIL if len(missing) == num_classes - 1 else WARN,
                              f"classes {missing[:10]} never occur in the training labels "
                              f"({num_classes - len(missing)}/{num_classes} present)"))
-    labels = _hard_labels(y, problems)
+    labels = _hard_labels(y, problems) if classes else None
     present = 0
     if labels is not None:
         bad = (labels < 0) | (labels >= num_classes)
@@ -187,8 +198,10 @@ def check_leakage(splits: dict, fail_fraction: float = 0.01) -> CheckResult:
 
 
 @timed_check("output_shape")
-def check_output_shape(model: nn.Module, x: torch.Tensor, num_classes: int) -> CheckResult:
-    """The model returns logits [B, num_classes] (run in eval mode, on a copy-free no_grad pass)."""
+def check_output_shape(model: nn.Module, x: torch.Tensor, num_classes: int,
+                       task=None) -> CheckResult:
+    """The model returns logits [B, num_classes] (run in eval mode, on a copy-free no_grad pass);
+    with a `task` (nnrecipe.tasks), what its output contract says."""
     was_training = model.training
     model.eval()
     try:
@@ -197,6 +210,11 @@ def check_output_shape(model: nn.Module, x: torch.Tensor, num_classes: int) -> C
     finally:
         model.train(was_training)
     expected = f"[{len(x)}, {num_classes}] float logits"
+    if task is not None and task.targets != "classes":
+        problem = task.output_problem(out, len(x), num_classes)
+        shape = list(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        return CheckResult("output_shape", FAIL if problem else PASS, str(shape),
+                           f"[{len(x)}, {num_classes}] float outputs", problem or "")
     if not isinstance(out, torch.Tensor):
         return CheckResult("output_shape", FAIL, type(out).__name__, expected,
                            "the model must return one tensor of logits (not a tuple/dict)")

@@ -73,6 +73,10 @@ class DataBundle:
     std: list[float] = field(default_factory=list)
     batch_size: int = 32
     num_workers: int = 0
+    # what the targets are, for the task that learns them (nnrecipe.tasks): classes (int64 [N],
+    # class_names: the classes) | values (float [N, K]: regression) | labels (0/1 float [N, K]:
+    # multi-label); class_names then names the K outputs, so num_classes is the output width
+    targets: str = "classes"
 
     @property
     def num_classes(self) -> int:

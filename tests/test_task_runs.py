@@ -75,8 +75,9 @@ def test_mixup_refuses_targets_that_are_not_classes(run_cli):
 
 
 def test_sweep_direction_follows_the_tasks_metric():
-    import hydra_plugins.nnrecipe_sweeper.tolerant  # noqa: F401  registers the resolver
     from test_sweeps import compose_with_hydra
+
+    import hydra_plugins.nnrecipe_sweeper.tolerant  # noqa: F401  registers the resolver
 
     for overrides, direction in [(["data=diabetes", "objective=val/mae"], "minimize"),
                                  (["data=diabetes", "objective=val/r2"], "maximize"),

@@ -161,7 +161,7 @@ def _run_checks(model, data, cfg, run_dir, make_optimizer, augment, loss_fn, see
         "overfit_one_batch": lambda: check_overfit_one_batch(
             model, x[: cfg.overfit_samples], y[: cfg.overfit_samples], make_optimizer, loss_fn,
             steps=cfg.overfit_steps, target=cfg.overfit_loss, warn_ratio=cfg.overfit_warn_ratio,
-            patience=cfg.overfit_patience,
+            patience=cfg.overfit_patience, reference=expected,
             seed=seed),
         "loss_decreases": lambda: check_loss_decreases(
             model, steps, len(pool), make_optimizer, loss_fn,

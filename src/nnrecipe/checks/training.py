@@ -89,13 +89,16 @@ def eval_loss(model: nn.Module, batches: Sequence[Batch], loss_fn: Callable = F.
 def check_overfit_one_batch(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
                             make_optimizer: Callable = adam, loss_fn: Callable = F.cross_entropy,
                             steps: int = 1000, target: float = 0.2,
-                            warn_ratio: float = 0.5, patience: int = 50) -> CheckResult:
+                            warn_ratio: float = 0.5, patience: int = 50,
+                            reference: float | None = None) -> CheckResult:
     """A copy trained on one small batch must drive its loss below `target` within `steps`.
 
     Stops at the target, or when the loss (mean of 10 steps) has not improved by 1% over the
     last `patience` steps: a dead or wild optimizer does not get the whole budget. The loss
     counted is the lower of the last training-mode loss and the eval-mode loss, so dropout's
-    noise does not hide a batch that is in fact memorised.
+    noise does not hide a batch that is in fact memorised. `reference`: the loss expected at
+    init (a constant output's); "learns" (WARN, not FAIL) means below warn_ratio of the lower
+    of it and the first loss, so a squashed output's inflated first loss does not count.
     """
     name = "overfit_one_batch"
     expected = f"loss < {target:g} within {steps} steps on {len(x)} samples"
@@ -120,7 +123,8 @@ def check_overfit_one_batch(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
                            "in the model (see gradient_flow)", **result)
     if final < target:
         return CheckResult(name, PASS, measured, expected, "", **result)
-    if final < warn_ratio * losses[0]:
+    start = losses[0] if reference is None else min(losses[0], reference)
+    if final < warn_ratio * start:
         return CheckResult(name, WARN, measured, expected,
                            "learns but cannot memorise one batch in the budget: learning rate "
                            "low, strong regularisation, or the model too small", **result)

@@ -126,3 +126,18 @@ def test_tabular_names_a_missing_column(tmp_path):
     (tmp_path / "t.csv").write_text("a,b\n1,2\n3,4\n")
     with pytest.raises(UserError, match="no column price"):
         tabular(path=str(tmp_path / "t.csv"), target="price")
+
+
+def test_audit_of_regression_data_finds_leaks_and_target_outliers_and_says_what_it_skipped(
+        tmp_path):
+    from nnrecipe.audit.targets import audit_targets
+    from nnrecipe.data.tabular import diabetes
+
+    data = diabetes(seed=0)
+    data.test.x[0], data.test.y[0] = data.train.x[5], data.train.y[5]  # a leaked row
+    data.val.y[3] = 5000.0  # a typo'd target (disease progression is 25..346)
+    f = audit_targets(data, outlier_score=6.0, max_shown=32, run_dir=tmp_path)
+    assert f["duplicates"]["across_splits"]["test∩train"] == 1
+    assert [(o["split"], o["index"]) for o in f["target_outliers"]] == [("val", 3)]
+    assert {"label_issues", "near_duplicates"} <= f["skipped"].keys()
+    assert "Skipped" in (tmp_path / "report.md").read_text()

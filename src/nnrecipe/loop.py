@@ -202,4 +202,7 @@ def _restore(ckpt: dict, model, optimizer, schedule, scaler, shuffle) -> FitStat
     scaler.load_state_dict(ckpt["scaler"])
     runtime.set_rng_state(ckpt["rng"])
     shuffle.set_state(ckpt["shuffle_rng"])
-    return FitState(**ckpt["fit_state"])
+    state = dict(ckpt["fit_state"])
+    if "best_val_acc" in state:  # written before the task group: val metrics were loss and acc
+        state["best_val"] = {"loss": state["best_val_loss"], "acc": state.pop("best_val_acc")}
+    return FitState(**state)

@@ -12,7 +12,8 @@ from torch.utils.data import Dataset
 
 @dataclass
 class TensorSplit:
-    """A split that fits in memory: images [N, C, H, W] float, labels [N] int64."""
+    """A split that fits in memory: images [N, C, H, W] float (a table: [N, F, 1, 1]); targets
+    [N] int64 class labels, or float [N] / [N, K] (regression values, multi-label 0/1 rows)."""
 
     x: torch.Tensor
     y: torch.Tensor

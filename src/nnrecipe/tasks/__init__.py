@@ -8,7 +8,7 @@ Your own task: subclass nnrecipe.tasks.Task and point a conf/task/*.yaml at it (
 from __future__ import annotations
 
 from nnrecipe.errors import UserError, instantiate
-from nnrecipe.tasks.base import Task, add_stats, plain_split
+from nnrecipe.tasks.base import Task, add_stats, plain_split, reduce_stats
 from nnrecipe.tasks.classification import Classification, class_prior
 from nnrecipe.tasks.multilabel import MultiLabel, mean_average_precision
 from nnrecipe.tasks.regression import Regression
@@ -64,4 +64,4 @@ def prepare_targets(task: Task, data, data_name: str = "data") -> None:
 
 __all__ = ["TASK_FOR_TARGETS", "Classification", "MultiLabel", "Regression", "Task",
            "add_stats", "build_task", "class_prior", "mean_average_precision", "plain_split",
-           "prepare_targets", "task_class"]
+           "prepare_targets", "reduce_stats", "task_class"]

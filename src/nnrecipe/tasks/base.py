@@ -144,3 +144,18 @@ def add_stats(total: Stats | None, stats: Stats) -> Stats:
     for k, v in stats.items():
         total[k] += v.detach().double()
     return total
+
+
+def reduce_stats(stats: Stats, all_reduce_sum) -> Stats:
+    """Sum stats over ranks with ONE collective: the tensors flattened into one float64 vector,
+    reduced in place by `all_reduce_sum` (nnrecipe.distributed.all_reduce_sum), split back.
+    Every rank must hold the same keys and shapes (batch_stats gives fixed shapes)."""
+    keys = sorted(stats)
+    flat = torch.cat([stats[k].detach().double().reshape(-1) for k in keys])
+    all_reduce_sum(flat)
+    out, start = {}, 0
+    for k in keys:
+        n = stats[k].numel()
+        out[k] = flat[start:start + n].view(stats[k].shape)
+        start += n
+    return out

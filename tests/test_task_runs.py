@@ -141,3 +141,26 @@ def test_audit_of_regression_data_finds_leaks_and_target_outliers_and_says_what_
     assert [(o["split"], o["index"]) for o in f["target_outliers"]] == [("val", 3)]
     assert {"label_issues", "near_duplicates"} <= f["skipped"].keys()
     assert "Skipped" in (tmp_path / "report.md").read_text()
+
+
+def test_compare_runs_ranks_a_regression_sweep_by_its_objective(tmp_path):
+    import yaml
+
+    from nnrecipe import sweeps
+
+    for num, mae in enumerate([50.0, 40.0, 45.0]):
+        folder = tmp_path / str(num)
+        (folder / ".hydra").mkdir(parents=True)
+        (folder / ".hydra/overrides.yaml").write_text(yaml.safe_dump([f"optimizer.lr={num}e-3"]))
+        (folder / ".hydra/config.yaml").write_text(yaml.safe_dump(
+            {"objective": "val/mae", "task": {"_target_": "nnrecipe.tasks.Regression"}}))
+        summary = {"best/val_loss": mae / 100, "best/val_mae_at_best_loss": mae,
+                   "best/val_rmse_at_best_loss": mae + 10, "best/val_r2_at_best_loss": 0.5,
+                   "test/mae": mae + 1}
+        sweeps.write_metrics(folder, "finished", objective=mae, summary=summary, history=[])
+    report = sweeps.compare(tmp_path)
+    header = next(line for line in report.splitlines() if line.split()[:1] == ["rank"])
+    assert "val/mae" in header and "test/mae" in header and "val/acc" not in header
+    assert "ranked by val/mae (minimize)" in report
+    rows = [line.split() for line in report.splitlines() if line.strip()[:1].isdigit()]
+    assert [r[1] for r in rows[:3]] == ["1", "2", "0"]  # trial numbers, lowest MAE first

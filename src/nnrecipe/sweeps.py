@@ -314,8 +314,8 @@ def compare(sweep_dir: Path, top: int = 5) -> str:
     split_column = ["split"] if len(splits) > 1 else []
     lines = [f"{sweep_dir}: {len(trials)} trials, {len(done)} finished, "
              f"{len(trials) - len(done)} failed or unfinished",
-             f"ranked by {objective} ({direction}); val metrics of the best epoch, test/acc of "
-             f"its weights", "", *split_warning(splits)]
+             f"ranked by {objective} ({direction}); val metrics of the best epoch, "
+             f"{list(metrics)[-1]} of its weights", "", *split_warning(splits)]
     lines += _table(
         ["rank", "trial", *metrics, *keys, *split_column],
         [[str(i + 1) if t in done else "-", str(t.num), *_metric_cells(t, metrics),

@@ -164,3 +164,23 @@ def test_compare_runs_ranks_a_regression_sweep_by_its_objective(tmp_path):
     assert "ranked by val/mae (minimize)" in report
     rows = [line.split() for line in report.splitlines() if line.strip()[:1].isdigit()]
     assert [r[1] for r in rows[:3]] == ["1", "2", "0"]  # trial numbers, lowest MAE first
+
+
+def test_a_table_with_a_rare_category_and_a_constant_column_passes_the_preflight(tmp_path,
+                                                                                 run_train):
+    import numpy as np
+
+    rng = np.random.default_rng(1)
+    n = 400
+    cat = rng.choice(["a", "b", "c", "rare"], n, p=[0.4, 0.35, 0.23, 0.02])
+    x = rng.normal(size=n)
+    y = 2 * x + 3 * (cat == "a") + 0.3 * rng.normal(size=n)
+    (tmp_path / "t.csv").write_text("x,cat,const,y\n" + "\n".join(
+        f"{a:.6f},{c},7,{b:.6f}" for a, c, b in zip(x, cat, y)))
+    with pytest.warns(UserWarning, match="1 feature column"):
+        value, run_dir = run_train("data=tabular", f"data.path={tmp_path / 't.csv'}",
+                                   "data.target=y", "task=regression", "checks=default",
+                                   "checks.only=true", "trainer.num_threads=1",
+                                   run_dir=tmp_path / "run")
+    checks = metrics_of(run_dir)["checks"]
+    assert value is None and set(checks.values()) == {"PASS"}, checks

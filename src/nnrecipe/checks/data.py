@@ -56,7 +56,9 @@ def check_data_batch(
                                f"division by zero or a log of <= 0 in the data pipeline"))
         xf = torch.where(finite, xf, torch.zeros_like(xf))
     dims = [d for d in range(xf.ndim) if d != 1] if xf.ndim >= 2 else [0]
-    mean, std = xf.mean(dims), xf.std(dims) if xf.numel() > 1 else torch.ones(1)
+    # a table's batch holds one value per feature and sample: judge the scaling on `reference`
+    stats = xf if reference is None else reference.detach().float().nan_to_num()
+    mean, std = stats.mean(dims), stats.std(dims) if stats.numel() > 1 else torch.ones(1)
     mean, std = mean.flatten().tolist(), std.flatten().tolist()
     worst_mean, lo, hi = max(abs(m) for m in mean), min(std), max(std)
     if worst_mean > mean_fail or lo < std_fail[0] or hi > std_fail[1]:
@@ -67,8 +69,7 @@ def check_data_batch(
         problems.append((WARN, f"inputs look poorly normalised (mean {_fmt(mean)}, std "
                                f"{_fmt(std)}): check data.mean/std"))
     for split, other in (others or {}).items():
-        base = xf if reference is None else reference.detach().float().nan_to_num()
-        problems += _compare_splits(split, base, other)
+        problems += _compare_splits(split, stats, other, tabular=reference is not None)
     if not classes:
         train_labels = None
         if not torch.isfinite(y.float()).all():
@@ -108,24 +109,32 @@ def check_data_batch(
     return CheckResult(
         "data_batch", status,
         f"{str(x.dtype).replace('torch.', '')} {list(x.shape)}, mean {_fmt(mean)}, "
-        f"std {_fmt(std)}, {present}/{num_classes} classes",
+        f"std {_fmt(std)}, " + (f"{present}/{num_classes} classes" if classes else
+                                f"{num_classes} target column(s)"),
         f"float [B, {in_chans or 'C'}, H, W], finite, |mean| <= {mean_warn:g}, "
-        f"std {std_warn[0]:g}-{std_warn[1]:g}, labels in [0, {num_classes})",
+        f"std {std_warn[0]:g}-{std_warn[1]:g}, "
+        + (f"labels in [0, {num_classes})" if classes else "finite targets"),
         "; ".join(m for _, m in problems) or "the batch looks like normalised images with "
                                              "valid labels: look at batch.png anyway",
         pictures=[picture] if picture is not None else [],
     )
 
 
-def _compare_splits(name: str, x: torch.Tensor, other: torch.Tensor) -> list:
-    """Other splits must be preprocessed like training (same normalisation, same scale)."""
+def _compare_splits(name: str, x: torch.Tensor, other: torch.Tensor,
+                    tabular: bool = False) -> list:
+    """Other splits must be preprocessed like training (same normalisation, same scale).
+    `tabular`: columns with two values (one-hot, yes/no) are left out of the spread ratio: in
+    a small split a rare category's spread is the luck of its count, not a scaling."""
     if other.ndim != x.ndim or other.shape[1:] != x.shape[1:]:
         return [(FAIL, f"{name} inputs have shape {list(other.shape[1:])}, training inputs "
                        f"{list(x.shape[1:])}")]
     dims = [d for d in range(x.ndim) if d != 1]
     o = other.detach().float().nan_to_num()
     shift = (o.mean(dims) - x.mean(dims)).abs().max().item()
-    ratio = (o.std(dims) / x.std(dims).clamp_min(1e-8)).flatten().tolist()
+    ratio = (o.std(dims) / x.std(dims).clamp_min(1e-8)).flatten()
+    if tabular:
+        ratio = ratio[[len(x[:, c].unique()) > 2 for c in range(x.shape[1])]]
+    ratio = ratio.tolist() or [1.0]
     if shift > 0.75 or min(ratio) < 0.5 or max(ratio) > 2:
         return [(FAIL, f"{name} inputs are scaled differently from training inputs (mean "
                        f"shift {shift:.2f}, std ratio {_fmt(ratio)}): apply the same "

@@ -193,6 +193,11 @@ def _features(frame, categorical, train: np.ndarray, source: str) -> torch.Tenso
     if not blocks:
         raise UserError(f"{source} has no feature columns left: check data.columns/data.target")
     x = torch.from_numpy(np.concatenate(blocks, 1))
+    constant = (x[train] == x[train][:1]).all(0)  # no information, and no spread to scale by
+    if constant.any() and not constant.all():
+        warnings.warn(f"{source}: {int(constant.sum())} feature column(s) constant on the "
+                      f"training split dropped", stacklevel=2)
+        x = x[:, ~constant]
     return x[:, :, None, None]
 
 

@@ -143,7 +143,7 @@ def test_checkpoint_adds_the_models_view(run_train, audit_cfg, tmp_path):
     view = f["model"]
     assert view["checkpoint"].endswith("best.pt")
     # same splits, normalisation and weights as training: the same validation accuracy
-    assert view["accuracy"]["val"] == pytest.approx(best["fit_state"]["best_val_acc"], abs=1e-3)
+    assert view["accuracy"]["val"] == pytest.approx(best["fit_state"]["best_val"]["acc"], abs=1e-3)
     val = torch.tensor(view["confusion_matrix"]["val"])
     assert val.sum() == f["splits"]["val"]["size"]
     assert val.diagonal().sum() / val.sum() == pytest.approx(view["accuracy"]["val"], abs=1e-3)

@@ -189,6 +189,20 @@ CATALOG = [
     # checks
     bad("unknown-check-skipped", "checks=default", "checks.skip=[leakagee]",
         says="unknown checks ['leakagee']"),
+    # tasks and tables
+    bad("task-and-data-disagree", "data=diabetes", "task=classification",
+        says="holds values targets but task=classification learns classes: use task=regression"),
+    bad("objective-of-another-task", "data=diabetes", "objective=val/acc",
+        says="not a metric of task regression: use one of val/loss, val/mae"),
+    bad("regression-loss-unknown", "data=diabetes", "task.loss=mae",
+        says="task.loss=mae must be mse, huber or l1"),
+    bad("multilabel-threshold", "data=digits_multilabel", "task.threshold=1.5",
+        says="task.threshold=1.5 must be in (0, 1)"),
+    bad("mixup-on-regression", "data=diabetes", "augmentation=mixup",
+        says="augmentation=mixup (mixup/cutmix) mixes class labels"),
+    bad("table-without-path", "data=tabular", "data.target=y", says="data.path must be set"),
+    bad("table-missing", "data=tabular", "data.path={tmp}/no.csv", "data.target=y",
+        says="no such file"),
 ]
 
 

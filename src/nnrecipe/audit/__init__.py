@@ -37,7 +37,13 @@ def run_audit(cfg: DictConfig, run_dir: Path, name: str | None = None) -> dict:
     clock = Stopwatch()
     with clock("read data"):
         data = build_data(cfg.data, cfg.seed, "cpu")
-        pool = build_pool(data, cfg.audit.thumb_size, bool(cfg.trainer.progress))
+        classes = data.targets == "classes"
+        pool = build_pool(data, cfg.audit.thumb_size, bool(cfg.trainer.progress)) if classes \
+            else None
+    if not classes:  # regression / multi-label: what applies, and what it skipped
+        from nnrecipe.audit.targets import audit_targets
+
+        return audit_targets(data, cfg.audit.outlier_score, cfg.audit.max_shown, Path(run_dir))
     log.info("audit: %d images in %d classes", len(pool), len(pool.class_names))
     f = find(pool, cfg, clock)
     if trained is not None:

@@ -26,7 +26,13 @@ from nnrecipe.checks.dependencies import (
     locate_nonfinite,
 )
 from nnrecipe.checks.dynamics import PredictionDynamics
-from nnrecipe.checks.init import check_init_well, check_loss_at_init, expected_init_loss
+from nnrecipe.checks.init import (
+    check_init_well,
+    check_init_well_task,
+    check_loss_at_init,
+    expected_init_loss,
+    expected_init_loss_task,
+)
 from nnrecipe.checks.report import (
     FAIL,
     PASS,
@@ -65,8 +71,12 @@ def run_preflight(
     loss_fn: Callable = F.cross_entropy,
     seed: int = 0,
     head_bias_requested: bool = True,
+    task=None,
 ) -> Report:
     """Run every check (cfg: conf/checks), print the table, write checks.json, log to W&B.
+
+    `task` (nnrecipe.tasks; None: classification with `loss_fn`): the loss, the loss expected at
+    init, the head's "init well" constant and the output contract come from it.
 
     Raises PreflightFailed when a check fails and cfg.strict (or cfg.only) is set.
     """
@@ -76,7 +86,7 @@ def run_preflight(
     with runtime.threads(cfg.get("num_threads") if on_cpu else None), preserved_rng(seed=None):
         # whatever the checks draw, the global RNG stream is restored afterwards
         results = _run_checks(model, data, cfg, run_dir, make_optimizer, augment, loss_fn,
-                              seed, head_bias_requested)
+                              seed, head_bias_requested, task)
     report = Report(results)
     table = report.table()  # in a sweep's console: its last line, the summary, and what failed
     flagged = [f"{r.name} {r.status}" for r in report.results if r.status in (WARN, FAIL)]
@@ -91,7 +101,7 @@ def run_preflight(
 
 
 def _run_checks(model, data, cfg, run_dir, make_optimizer, augment, loss_fn, seed,
-                head_bias_requested) -> list[CheckResult]:
+                head_bias_requested, task=None) -> list[CheckResult]:
     device = next(model.parameters()).device
     skip = set(cfg.get("skip") or [])
     unknown = skip - set(CHECKS)
@@ -113,7 +123,13 @@ def _run_checks(model, data, cfg, run_dir, make_optimizer, augment, loss_fn, see
     steps = list(itertools.islice(itertools.cycle(pool), n_steps))
     val = _batches(data.val, min(cfg.val_samples, 512), -(-cfg.val_samples // 512), device)
     picture = Path(run_dir) / "batch.png" if run_dir is not None else None
-    expected, why = expected_init_loss(model, data.train.labels, n)
+    classes = task is None or task.targets == "classes"  # class-specific checks and messages
+    if task is not None:
+        loss_fn = task.plain_loss
+    if classes:
+        expected, why = expected_init_loss(model, data.train.labels, n)
+    else:
+        expected, why = expected_init_loss_task(model, task, data.train.labels, n)
 
     runs = {
         "data_batch": lambda: check_data_batch(
@@ -122,12 +138,15 @@ def _run_checks(model, data, cfg, run_dir, make_optimizer, augment, loss_fn, see
             std_warn=tuple(cfg.input_std_warn), std_fail=tuple(cfg.input_std_fail),
             picture=picture, denormalize=data.denormalize if data.mean else None,
             class_names=data.class_names, others={"val": val[0][0]},
-            train_labels=data.train.labels, seed=seed),
+            train_labels=data.train.labels, classes=classes, seed=seed,
+            reference=data.train.x if data.in_memory and data.image_size == 1 else None),
         "leakage": lambda: check_leakage(data.splits, fail_fraction=cfg.leak_fail_fraction,
                                          seed=seed),
-        "output_shape": lambda: check_output_shape(model, x, n, seed=seed),
-        "init_well": lambda: check_init_well(model, data.train.labels, n,
-                                             requested=head_bias_requested, seed=seed),
+        "output_shape": lambda: check_output_shape(model, x, n, task=task, seed=seed),
+        "init_well": (lambda: check_init_well(model, data.train.labels, n,
+                                              requested=head_bias_requested, seed=seed))
+        if classes else (lambda: check_init_well_task(model, task, data.train.labels, n,
+                                                      requested=head_bias_requested, seed=seed)),
         "loss_at_init": lambda: check_loss_at_init(
             model, pool[: cfg.init_batches], expected, why, loss_fn,
             warn_excess=cfg.init_loss_warn, fail_excess=cfg.init_loss_fail,
@@ -142,7 +161,7 @@ def _run_checks(model, data, cfg, run_dir, make_optimizer, augment, loss_fn, see
         "overfit_one_batch": lambda: check_overfit_one_batch(
             model, x[: cfg.overfit_samples], y[: cfg.overfit_samples], make_optimizer, loss_fn,
             steps=cfg.overfit_steps, target=cfg.overfit_loss, warn_ratio=cfg.overfit_warn_ratio,
-            patience=cfg.overfit_patience,
+            patience=cfg.overfit_patience, reference=expected,
             seed=seed),
         "loss_decreases": lambda: check_loss_decreases(
             model, steps, len(pool), make_optimizer, loss_fn,
@@ -178,8 +197,9 @@ def prediction_dynamics(model: nn.Module, data: DataBundle, cfg,
     """The recorder fit() calls once per epoch, on the first val samples, with the untrained
     model's predictions as epoch 0 (not for a resumed run: `model` is not yet restored);
     None when off."""
-    if not (cfg.enabled and cfg.prediction_dynamics):
-        return None
+    if not (cfg.enabled and cfg.prediction_dynamics) or getattr(data, "targets",
+                                                                 "classes") != "classes":
+        return None  # p(class) per epoch: a picture of classification only
     device = next(model.parameters()).device
     x, y = _batches(data.val, cfg.dynamics_samples, 1, device)[0]
     dynamics = PredictionDynamics(x, y, data.class_names)
@@ -200,9 +220,10 @@ def save_dynamics(dynamics: PredictionDynamics | None, run_dir: Path, tracker, s
 __all__ = [
     "CHECKS", "FAIL", "PASS", "SKIP", "WARN", "CheckResult", "PredictionDynamics",
     "PreflightFailed", "Report", "adam", "check_batch_independence", "check_data_batch",
-    "check_eval_determinism", "check_gradient_flow", "check_init_well",
+    "check_eval_determinism", "check_gradient_flow", "check_init_well", "check_init_well_task",
     "check_input_independent_baseline", "check_leakage", "check_loss_at_init",
     "check_loss_decreases", "check_output_shape", "check_overfit_one_batch",
-    "expected_init_loss", "locate_nonfinite", "optimizer_like", "prediction_dynamics",
+    "expected_init_loss", "expected_init_loss_task", "locate_nonfinite", "optimizer_like",
+    "prediction_dynamics",
     "run_preflight", "save_dynamics", "train_copy",
 ]

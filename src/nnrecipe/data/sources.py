@@ -1,7 +1,8 @@
 """Data sources: each returns a DataBundle of un-normalised splits (pixels in [0, 1]).
 
-Each source is the `_target_` of a conf/data/*.yaml. They receive every key of that config
-(batch size, mean, ...) and take what they need; build_data does the common rest.
+Each source is the `_target_` of a conf/data/*.yaml. Its arguments are its keys: build_data
+hands it those (and `seed`, from data.split_seed), keeps the common ones (batch size, mean, ...)
+and rejects a key nobody takes. No `**cfg` here: it would swallow a misspelt key silently.
 """
 
 from __future__ import annotations
@@ -57,24 +58,23 @@ def _share(counts: np.ndarray, fraction: float, rng) -> np.ndarray:
     return np.maximum(sizes, 1)
 
 
-def _tensor_bundle(x: torch.Tensor, y: torch.Tensor, class_names, seed, fractions, **cfg):
+def _tensor_bundle(x: torch.Tensor, y: torch.Tensor, class_names, seed, fractions):
     train, val, test = stratified_split(y.numpy(), fractions, seed)
     return DataBundle(
         *(TensorSplit(x[i], y[i]) for i in (train, val, test)),
         class_names=list(class_names),
         in_chans=x.shape[1],
         image_size=x.shape[-1],
-        batch_size=cfg.get("batch_size", 32),
     )
 
 
-def digits(seed: int = 0, val_fraction: float = 0.15, test_fraction: float = 0.15, **cfg):
+def digits(seed: int = 0, val_fraction: float = 0.15, test_fraction: float = 0.15):
     """scikit-learn's bundled 8x8 digits (1,797 images, pixel values 0..16)."""
     rows = _bundled_digits()
     x = torch.tensor(rows[:, :-1], dtype=torch.float32).reshape(-1, 1, 8, 8) / 16.0
     y = torch.tensor(rows[:, -1], dtype=torch.long)
     names = [str(c) for c in range(10)]
-    return _tensor_bundle(x, y, names, seed, [val_fraction, test_fraction], **cfg)
+    return _tensor_bundle(x, y, names, seed, [val_fraction, test_fraction])
 
 
 def _bundled_digits():
@@ -100,7 +100,6 @@ def synthetic(
     noise: float = 1.0,
     val_fraction: float = 0.15,
     test_fraction: float = 0.15,
-    **cfg,
 ):
     """Learnable random tensors: one random prototype per class plus Gaussian noise."""
     g = torch.Generator().manual_seed(seed)
@@ -109,7 +108,7 @@ def synthetic(
     y = y[torch.randperm(num_samples, generator=g)]
     x = prototypes[y] + noise * 0.25 * torch.randn(num_samples, *shape, generator=g)
     names = [f"class_{c}" for c in range(num_classes)]
-    return _tensor_bundle(x, y, names, seed, [val_fraction, test_fraction], **cfg)
+    return _tensor_bundle(x, y, names, seed, [val_fraction, test_fraction])
 
 
 def torchvision_set(
@@ -118,7 +117,6 @@ def torchvision_set(
     download: bool = True,
     seed: int = 0,
     val_fraction: float = 0.1,
-    **cfg,
 ):
     """A torchvision dataset (MNIST, FashionMNIST, CIFAR10, CIFAR100) held in memory.
 
@@ -152,7 +150,6 @@ def torchvision_set(
         class_names=[str(c) for c in sets[0].classes],
         in_chans=xs[0].shape[1],
         image_size=xs[0].shape[-1],
-        batch_size=cfg.get("batch_size", 128),
     )
 
 
@@ -187,7 +184,6 @@ def image_folder(
     image_size: int = 64,
     in_chans: int = 3,
     num_workers: int = 2,
-    **cfg,
 ):
     """Images in class subfolders: root/<class>/*.png, or root/{train,val,test}/<class>/*.png."""
     if root in (None, "", "???"):
@@ -233,6 +229,5 @@ def image_folder(
         class_names=class_names,
         in_chans=in_chans,
         image_size=image_size,
-        batch_size=cfg.get("batch_size", 64),
         num_workers=num_workers,
     )

@@ -73,6 +73,7 @@ class DataBundle:
     std: list[float] = field(default_factory=list)
     batch_size: int = 32
     num_workers: int = 0
+    split_hash: str | None = None  # identity of the test split (build_data): runs compare on it
 
     @property
     def num_classes(self) -> int:
@@ -96,6 +97,22 @@ class DataBundle:
         mean = torch.tensor(self.mean, device=x.device).view(1, -1, 1, 1)
         std = torch.tensor(self.std, device=x.device).view(1, -1, 1, 1)
         return (x - mean) / std
+
+
+def split_hash(split: TensorSplit | FileSplit) -> str:
+    """A short hash of which samples a split holds (file paths and labels, or the tensors'
+    bytes): equal hashes mean runs were scored on the same samples. Hashed before normalising,
+    so it does not depend on the mean/std."""
+    import hashlib
+
+    h = hashlib.blake2b(digest_size=6)
+    if isinstance(split, TensorSplit):
+        h.update(split.x.detach().cpu().contiguous().numpy().tobytes())
+        h.update(split.y.detach().cpu().to(torch.int64).contiguous().numpy().tobytes())
+    else:
+        for path, target in zip(split.paths, split.targets, strict=True):
+            h.update(f"{Path(path).as_posix()}\t{target}\n".encode())
+    return h.hexdigest()
 
 
 def warn_skipped(paths: list[str], why: str) -> None:

@@ -203,15 +203,10 @@ def test_bad_input(run_cli, tmp_path, trained_run, overrides, says, make):
 
 
 HONOURED = [
-    pytest.param("data.std=[0.5]", "data.std", [0.5], id="std-without-mean",
-                 marks=pytest.mark.xfail(strict=True, reason="data slice: item 1, data.std "
-                                         "given without data.mean is recomputed")),
-    pytest.param("data.in_chans=3", "data.in_chans", 3, id="digits-in-chans",
-                 marks=pytest.mark.xfail(strict=True, reason="data slice: item 1, keys a "
-                                         "source does not use are swallowed by **cfg")),
-    pytest.param("+data.batchsize=16", "data.batchsize", None, id="misspelt-data-key",
-                 marks=pytest.mark.xfail(strict=True, reason="data slice: item 1, a misspelt "
-                                         "data key is accepted")),
+    pytest.param("data.std=[0.5]", "data.std", [0.5], id="std-without-mean"),
+    pytest.param("data.in_chans=3", "data.in_chans", 3, id="digits-in-chans"),
+    pytest.param("+data.batchsize=16", "data.batchsize", None, id="misspelt-data-key"),
+    pytest.param("data.image_size=16", "data.image_size", 16, id="digits-image-size"),
 ]
 
 

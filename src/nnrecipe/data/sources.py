@@ -12,8 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from nnrecipe.data.images import is_image_file, unreadable_reason
-from nnrecipe.data.splits import DataBundle, FileSplit, TensorSplit, warn_skipped
+from nnrecipe.data.splits import DataBundle, TensorSplit
 from nnrecipe.errors import UserError
 
 
@@ -153,81 +152,4 @@ def torchvision_set(
     )
 
 
-def _scan_classes(folder: Path, class_names: list[str], bad: list[str]):
-    """Image files under folder/<class>/, each decoded once so broken files never reach a batch;
-    the unreadable ones are appended to `bad`."""
-    from tqdm.auto import tqdm
-
-    found = [
-        (path, label)
-        for label, name in enumerate(class_names)
-        if (folder / name).is_dir()
-        for path in sorted((folder / name).rglob("*"))
-        if path.is_file() and is_image_file(path)
-    ]
-    paths, targets = [], []
-    for path, label in tqdm(found, desc=f"checking {folder.name}/", unit="img", disable=None,
-                            leave=False):
-        if unreadable_reason(path):
-            bad.append(str(path))
-            continue
-        paths.append(path)
-        targets.append(label)
-    return paths, targets
-
-
-def image_folder(
-    root: str | None = None,
-    seed: int = 0,
-    val_fraction: float = 0.15,
-    test_fraction: float = 0.15,
-    image_size: int = 64,
-    in_chans: int = 3,
-    num_workers: int = 2,
-):
-    """Images in class subfolders: root/<class>/*.png, or root/{train,val,test}/<class>/*.png."""
-    if root in (None, "", "???"):
-        raise UserError("data=image_folder needs data.root=/path/to/images (one folder per class)")
-    root = Path(root).expanduser().resolve()
-    if not root.is_dir():
-        raise UserError(f"data.root={root} does not exist or is not a folder")
-    presplit = (root / "train").is_dir()
-    train_dir = root / "train" if presplit else root
-    class_names = sorted(p.name for p in train_dir.iterdir() if p.is_dir())
-    if not class_names:
-        raise UserError(
-            f"data.root={train_dir} holds no class subfolders: expected "
-            f"{train_dir}/<class name>/<image files>"
-        )
-    bad = []  # unreadable files of all splits: one warning names them all
-    paths, targets = _scan_classes(train_dir, class_names, bad)
-    if not paths:
-        raise UserError(f"data.root={train_dir} holds no readable image files in its class folders")
-
-    splits = {}
-    missing = []
-    for name in ("val", "test"):
-        if presplit and (root / name).is_dir():
-            splits[name] = _scan_classes(root / name, class_names, bad)
-        else:
-            missing.append(name)
-    warn_skipped(bad, "unreadable image files")
-    fractions = [val_fraction if n == "val" else test_fraction for n in missing]
-    train_idx, *carved = stratified_split(targets, fractions, seed)
-    for name, idx in zip(missing, carved):
-        splits[name] = ([paths[i] for i in idx], [targets[i] for i in idx])
-    splits["train"] = ([paths[i] for i in train_idx], [targets[i] for i in train_idx])
-
-    def file_split(name):
-        ps, ts = splits[name]
-        return FileSplit(root, [p.relative_to(root) for p in ps], ts)
-
-    return DataBundle(
-        file_split("train"),
-        file_split("val"),
-        file_split("test"),
-        class_names=class_names,
-        in_chans=in_chans,
-        image_size=image_size,
-        num_workers=num_workers,
-    )
+from nnrecipe.data.folder import image_folder  # noqa: E402, F401  (its _target_ name)

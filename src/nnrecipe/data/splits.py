@@ -32,6 +32,7 @@ class FileSplit:
     root: Path
     paths: list[Path]          # relative to root
     targets: list[int]
+    hashes: list[bytes] | None = None  # content hash per file, from the index (leakage check)
     transform: object = None   # set by build_data once mean/std are known
 
     def __len__(self) -> int:

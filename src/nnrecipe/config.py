@@ -74,6 +74,8 @@ RULES: list[tuple[str, str | None, str | None, object]] = [
     ("data.std", "list", "> 0 per channel", _positive),
     ("data.root", "str", None, None),
     ("data.split_seed", None, ">= 0", _at_least(0)),
+    ("data.cache", None, "index, memory or none", lambda v: v in ("index", "memory", "none")),
+    ("data.cache_dir", "str", None, None),
     ("model.dropout", None, "in [0, 1)", _fraction),
     ("schedule.warmup_epochs", None, ">= 0", _at_least(0)),
     ("schedule.step_epochs", None, ">= 1", _at_least(1)),

@@ -96,8 +96,36 @@ def test_file_splits_carry_the_content_hashes_the_leakage_check_computes(tmp_pat
 
     root = write_folder(tmp_path / "imgs")
     with warnings.catch_warnings():
-        warnings.simplefilter("error")  # nothing unreadable here: no warning
+        warnings.simplefilter("error", UserWarning)  # nothing unreadable here: no warning
         data = build_data(folder_cfg(root), seed=0)
     for split in data.splits.values():
         plain = type(split)(split.root, split.paths, split.targets)  # hashes=None: read files
         assert split.hashes == content_hashes(plain)
+
+
+def test_file_batches_reuse_their_workers_and_leave_the_global_rng_alone(tmp_path):
+    import torch
+
+    from nnrecipe.data import iterate_batches
+    from nnrecipe.data.batches import _LOADERS
+
+    data = build_data(folder_cfg(write_folder(tmp_path / "imgs"), num_workers=2), seed=0)
+    split = data.train
+    epochs = []
+    for _ in range(2):
+        state = torch.get_rng_state()
+        g = torch.Generator().manual_seed(1)
+        batches = list(iterate_batches(split, 5, True, g, "cpu", data.num_workers))
+        assert torch.equal(torch.get_rng_state(), state)  # the workers' seed: not global
+        epochs.append(torch.cat([y for _, y in batches]))
+        assert batches[0][0].shape == (5, 3, 8, 8) and batches[0][0].dtype == torch.float32
+    assert torch.equal(epochs[0], epochs[1])  # the same generator seed: the same order
+    assert sorted(epochs[0].tolist()) == sorted(split.targets)
+    (loader, _), = _LOADERS[id(split)].values()  # one DataLoader served both epochs
+    assert loader._iterator is not None and loader._iterator._persistent_workers
+    outer = iterate_batches(split, 5, device="cpu", num_workers=2)
+    first = next(outer)
+    inner = list(iterate_batches(split, 5, device="cpu", num_workers=2))  # nested: own loader
+    rest = list(outer)
+    assert torch.equal(torch.cat([first[1], *[y for _, y in rest]]),
+                       torch.cat([y for _, y in inner]))

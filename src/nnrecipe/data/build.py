@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import inspect
 
@@ -42,7 +43,8 @@ def build_data(cfg: DictConfig, seed: int, device: torch.device | str = "cpu") -
             split.x = bundle.normalize(split.x).to(device)
             split.y = split.y.to(device)
         else:
-            split.transform = _file_transform(bundle)
+            split.in_chans, split.image_size = bundle.in_chans, bundle.image_size
+            split.mean, split.std = bundle.mean, bundle.std
     with open_dict(cfg):
         cfg.num_classes = bundle.num_classes
         cfg.in_chans = bundle.in_chans
@@ -128,31 +130,10 @@ def _channel_stats(bundle, mean, std) -> tuple[list[float], list[float]]:
 def _pixel_sample(split, in_chans: int, size: int, limit: int = 512) -> torch.Tensor:
     if isinstance(split, TensorSplit):
         return split.x
-    from PIL import Image
-    from torchvision.transforms.v2.functional import pil_to_tensor
-
-    from nnrecipe.data.images import load_image
-
-    step = max(1, len(split) // limit)
-    # read as training reads them (_file_transform): the same mode, the same size
-    mode = "L" if in_chans == 1 else "RGB"
-    images = [load_image(split.root / p, mode) for p in split.paths[::step]]
-    images = [i.resize((size, size), Image.BILINEAR) for i in images]
-    return torch.stack([pil_to_tensor(i).float() / 255 for i in images])
-
-
-def _file_transform(bundle: DataBundle):
-    from torchvision.transforms import v2
-
-    return v2.Compose(
-        [
-            v2.Grayscale(1) if bundle.in_chans == 1 else v2.Identity(),
-            v2.Resize((bundle.image_size, bundle.image_size), antialias=True),
-            v2.PILToTensor(),
-            v2.ToDtype(torch.float32, scale=True),
-            v2.Normalize(bundle.mean, bundle.std),
-        ]
-    )
+    # decoded as training decodes them: the same mode, size and resampling
+    sample = dataclasses.replace(split, in_chans=in_chans, image_size=size, mean=None)
+    x, _ = sample.dataset().__getitems__(range(0, len(split), max(1, len(split) // limit)))
+    return sample.finish(x)
 
 
 __all__ = ["build_data", "FileSplit", "TensorSplit"]

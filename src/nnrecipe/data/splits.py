@@ -27,13 +27,17 @@ class TensorSplit:
 
 @dataclass
 class FileSplit:
-    """A split of image files under `root`, read and decoded by DataLoader workers."""
+    """A split of image files under `root`, decoded and resized by DataLoader workers into uint8
+    batches; `finish` makes them float and normalised on the device (4x less to copy there)."""
 
     root: Path
     paths: list[Path]          # relative to root
     targets: list[int]
     hashes: list[bytes] | None = None  # content hash per file, from the index (leakage check)
-    transform: object = None   # set by build_data once mean/std are known
+    in_chans: int = 3          # the rest: set by build_data
+    image_size: int | None = None
+    mean: list[float] | None = None
+    std: list[float] | None = None
 
     def __len__(self) -> int:
         return len(self.targets)
@@ -45,8 +49,20 @@ class FileSplit:
     def dataset(self) -> Dataset:
         return ImageFiles(self)
 
+    def finish(self, x: torch.Tensor) -> torch.Tensor:
+        """uint8 [B, C, H, W] -> float, normalised by the split's mean/std, where x lies."""
+        x = x.float().div_(255)
+        if self.mean is None:
+            return x
+        mean = torch.tensor(self.mean, device=x.device).view(1, -1, 1, 1)
+        std = torch.tensor(self.std, device=x.device).view(1, -1, 1, 1)
+        return x.sub_(mean).div_(std)
+
 
 class ImageFiles(Dataset):
+    """Decodes whole batches (__getitems__): one call per batch rather than per sample, and the
+    samples come back stacked, so the DataLoader's collate has nothing left to do."""
+
     def __init__(self, split: FileSplit):
         self.split = split
 
@@ -54,10 +70,16 @@ class ImageFiles(Dataset):
         return len(self.split)
 
     def __getitem__(self, i: int):
-        from nnrecipe.data.images import load_image
+        x, y = self.__getitems__([i])
+        return x[0], y[0]
 
-        image = load_image(self.split.root / self.split.paths[i])
-        return self.split.transform(image), self.split.targets[i]
+    def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        from nnrecipe.data.images import decode_resized
+
+        s = self.split
+        images = [decode_resized((s.root / s.paths[i]).read_bytes(), s.in_chans, s.image_size)
+                  for i in indices]
+        return torch.stack(images), torch.tensor([s.targets[i] for i in indices])
 
 
 @dataclass

@@ -113,7 +113,10 @@ def _loader(split: FileSplit, batch_size: int, device, num_workers: int):
         walk = _Walk()
         # its own generator: a loader must not draw its workers' seed from the global RNG
         # (training would then depend on whether anything else read files before it)
-        loader = DataLoader(split.dataset(), batch_size=batch_size, sampler=walk,
+        if num_workers > 0:  # imported once here rather than in each worker (1.6-5 s)
+            import torchvision.io  # noqa: F401
+        loader = DataLoader(split.dataset(fast=num_workers > 0), batch_size=batch_size,
+                            sampler=walk,
                             generator=torch.Generator().manual_seed(0),
                             **loader_options(device, num_workers))
         loaders[key] = (loader, walk)

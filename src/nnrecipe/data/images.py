@@ -35,20 +35,19 @@ def unreadable_reason(path: Path) -> str | None:
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
-def decode_resized(data: bytes, in_chans: int, size: int | None):
+def decode_resized(data: bytes, in_chans: int, size: int | None, fast: bool = False):
     """File bytes -> uint8 tensor [in_chans, size, size] (size None: as stored).
 
-    Two decoders, each where it measured faster (scripts/bench_data.py, 2 cores):
-    torchvision.io.decode_image for 8-bit PNGs whose colour type converts exactly as PIL
-    converts it (~1.7x PIL on 32x32 PNGs), PIL for the rest: other formats and modes, and
-    JPEGs, which PIL decodes at 1/2-1/8 scale (draft) when the target is that much smaller
-    (~2.5x on 256 px JPEGs trained at 32). Resizing is torchvision's uint8 antialiased bilinear
-    for both (PIL's algorithm: the pixels agree to +-1 level).
+    `fast`: torchvision.io.decode_image for 8-bit PNGs whose colour type it converts exactly as
+    PIL does (1.5-2.7x PIL's rate on 32x32 PNGs, measured on 2 busy cores) -- same pixels, but
+    importing torchvision costs 1.6-5 s, so DataLoader workers use it and one-off reads do not.
+    Everything else goes through PIL, JPEGs decoded at 1/2-1/8 scale (draft) when the target is
+    that much smaller (~2.5x on 256 px JPEGs trained at 32). Resizing: torch's uint8
+    antialiased bilinear for both (Pillow's algorithm: the pixels agree to +-1 level).
     """
     import torch
-    from torchvision.transforms.v2 import functional as F
 
-    if _png_exact(data, in_chans):
+    if fast and _png_exact(data, in_chans):
         from torchvision.io import ImageReadMode, decode_image
 
         _quiet_torchvision_io()
@@ -57,7 +56,8 @@ def decode_resized(data: bytes, in_chans: int, size: int | None):
     else:
         x = _pil_tensor(data, in_chans, size)
     if size is not None and tuple(x.shape[-2:]) != (size, size):
-        x = F.resize(x, [size, size], antialias=True)
+        x = torch.nn.functional.interpolate(x[None], size=(size, size), mode="bilinear",
+                                            antialias=True)[0]
     return x
 
 

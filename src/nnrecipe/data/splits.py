@@ -46,8 +46,8 @@ class FileSplit:
     def labels(self) -> torch.Tensor:
         return torch.tensor(self.targets, dtype=torch.long)
 
-    def dataset(self) -> Dataset:
-        return ImageFiles(self)
+    def dataset(self, fast: bool = False) -> Dataset:
+        return ImageFiles(self, fast)
 
     def finish(self, x: torch.Tensor) -> torch.Tensor:
         """uint8 [B, C, H, W] -> float, normalised by the split's mean/std, where x lies."""
@@ -63,8 +63,8 @@ class ImageFiles(Dataset):
     """Decodes whole batches (__getitems__): one call per batch rather than per sample, and the
     samples come back stacked, so the DataLoader's collate has nothing left to do."""
 
-    def __init__(self, split: FileSplit):
-        self.split = split
+    def __init__(self, split: FileSplit, fast: bool = False):
+        self.split, self.fast = split, fast  # fast: torchvision's PNG decoder (see images.py)
 
     def __len__(self) -> int:
         return len(self.split)
@@ -77,8 +77,8 @@ class ImageFiles(Dataset):
         from nnrecipe.data.images import decode_resized
 
         s = self.split
-        images = [decode_resized((s.root / s.paths[i]).read_bytes(), s.in_chans, s.image_size)
-                  for i in indices]
+        images = [decode_resized((s.root / s.paths[i]).read_bytes(), s.in_chans, s.image_size,
+                                 self.fast) for i in indices]
         return torch.stack(images), torch.tensor([s.targets[i] for i in indices])
 
 

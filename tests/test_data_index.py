@@ -3,6 +3,7 @@
 import hashlib
 import os
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -129,3 +130,23 @@ def test_file_batches_reuse_their_workers_and_leave_the_global_rng_alone(tmp_pat
     rest = list(outer)
     assert torch.equal(torch.cat([first[1], *[y for _, y in rest]]),
                        torch.cat([y for _, y in inner]))
+
+
+def test_cache_memory_trains_exactly_as_the_file_path(run_train, tmp_path):
+    """The same pixels, order, mean/std and split: the same metrics, to the last bit."""
+    import json
+
+    root = write_folder(tmp_path / "imgs", per_class=16)
+    runs = {}
+    for cache in ("index", "memory", "memory"):  # the second memory run: pixels from disk
+        common = ("data=image_folder", f"data.root={root}", "data.image_size=8",
+                  "data.batch_size=8", "data.num_workers=0", "model=linear",
+                  "trainer.max_epochs=2", f"data.cache={cache}")
+        run_dir = tmp_path / f"run-{cache}-{len(runs)}"
+        run_train(*common, run_dir=run_dir)
+        runs[len(runs)] = json.loads((run_dir / "metrics.json").read_text())
+    file_run, *memory_runs = runs.values()
+    for run in memory_runs:
+        assert run["summary"] == file_run["summary"] and run["history"] == file_run["history"]
+    cache_files = list(Path(os.environ["NNRECIPE_CACHE_DIR"]).glob("imgs-*.pixels-3x8.pkl"))
+    assert len(cache_files) == 1

@@ -128,11 +128,13 @@ def _channel_stats(bundle, mean, std) -> tuple[list[float], list[float]]:
 
 
 def _pixel_sample(split, in_chans: int, size: int, limit: int = 512) -> torch.Tensor:
+    step = max(1, len(split) // limit)
     if isinstance(split, TensorSplit):
-        return split.x
+        # decoded from files (data.cache=memory): the file path's sample, the same mean/std
+        return split.x if split.paths is None else split.x[::step]
     # decoded as training decodes them: the same mode, size and resampling
     sample = dataclasses.replace(split, in_chans=in_chans, image_size=size, mean=None)
-    x, _ = sample.dataset().__getitems__(range(0, len(split), max(1, len(split) // limit)))
+    x, _ = sample.dataset().__getitems__(range(0, len(split), step))
     return sample.finish(x)
 
 

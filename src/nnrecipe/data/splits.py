@@ -16,6 +16,8 @@ class TensorSplit:
 
     x: torch.Tensor
     y: torch.Tensor
+    paths: list[Path] | None = None    # the files it was decoded from (data.cache=memory)
+    hashes: list[bytes] | None = None  # their content hashes, from the index
 
     def __len__(self) -> int:
         return len(self.y)
@@ -124,16 +126,16 @@ class DataBundle:
 
 def split_hash(split: TensorSplit | FileSplit) -> str:
     """A short hash of which samples a split holds (file paths and labels, or the tensors'
-    bytes): equal hashes mean runs were scored on the same samples. Hashed before normalising,
-    so it does not depend on the mean/std."""
+    bytes): equal hashes mean runs were scored on the same samples, data.cache=memory or not.
+    Hashed before normalising, so it does not depend on the mean/std."""
     import hashlib
 
     h = hashlib.blake2b(digest_size=6)
-    if isinstance(split, TensorSplit):
+    if isinstance(split, TensorSplit) and split.paths is None:
         h.update(split.x.detach().cpu().contiguous().numpy().tobytes())
         h.update(split.y.detach().cpu().to(torch.int64).contiguous().numpy().tobytes())
     else:
-        for path, target in zip(split.paths, split.targets, strict=True):
+        for path, target in zip(split.paths, split.labels.tolist(), strict=True):
             h.update(f"{Path(path).as_posix()}\t{target}\n".encode())
     return h.hexdigest()
 

@@ -96,33 +96,39 @@ class _Walk(Sampler):
         return len(self.order)
 
 
-_LOADERS: dict[int, dict] = {}  # id(split) -> {key: (DataLoader, _Walk)}, at most 2 per split
+# (id(split), batch size, workers, device) -> (DataLoader, _Walk), least recently used first.
+# Three: training's and validation's loaders persist across epochs; a third (test, a check)
+# replaces the oldest, whose workers then stop. More would keep idle processes around.
+_LOADERS: dict[tuple, tuple] = {}
+KEEP = 3
 
 
 def _loader(split: FileSplit, batch_size: int, device, num_workers: int):
-    key = (batch_size, num_workers, str(device))
-    loaders = _LOADERS.get(id(split))
-    if loaders is None:
-        loaders = _LOADERS[id(split)] = {}
-        weakref.finalize(split, _LOADERS.pop, id(split), None)
-    if key in loaders and not loaders[key][1].busy:
-        loaders[key] = loaders.pop(key)  # most recently used last
-    else:  # new, or the same loader is being walked (nested use): a second one
-        if len(loaders) >= 2:  # oldest first: its workers stop
-            loaders.pop(next(iter(loaders)))
+    key = (id(split), batch_size, num_workers, str(device))
+    if key in _LOADERS and not _LOADERS[key][1].busy:
+        _LOADERS[key] = _LOADERS.pop(key)  # most recently used last
+    else:  # new, or being walked already (nested use): a second loader
+        if not any(k[0] == id(split) for k in _LOADERS):  # ids are reused once it is gone
+            weakref.finalize(split, _forget, id(split))
+        while len(_LOADERS) >= KEEP:
+            _LOADERS.pop(next(iter(_LOADERS)))
+        if num_workers > 0:  # imported once here rather than in each worker (1.6-5 s)
+            import torchvision.io  # noqa: F401
         walk = _Walk()
         # its own generator: a loader must not draw its workers' seed from the global RNG
         # (training would then depend on whether anything else read files before it)
-        if num_workers > 0:  # imported once here rather than in each worker (1.6-5 s)
-            import torchvision.io  # noqa: F401
         loader = DataLoader(split.dataset(fast=num_workers > 0), batch_size=batch_size,
-                            sampler=walk,
-                            generator=torch.Generator().manual_seed(0),
+                            sampler=walk, generator=torch.Generator().manual_seed(0),
                             **loader_options(device, num_workers))
-        loaders[key] = (loader, walk)
-    loader, walk = loaders[key]
+        _LOADERS[key] = (loader, walk)
+    loader, walk = _LOADERS[key]
     walk.busy = True
     return loader, walk
+
+
+def _forget(split_id: int) -> None:
+    for key in [k for k in _LOADERS if k[0] == split_id]:
+        del _LOADERS[key]
 
 
 def _batched(batch):

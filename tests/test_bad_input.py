@@ -164,6 +164,13 @@ CATALOG = [
     bad("num-classes-wrong", "data.num_classes=5", says="data.num_classes=5 but the data has 10"),
     bad("offline-torchvision-set", "data=mnist", "data.download=false",
         "data.root={tmp}/nothing-here", says="copy the files into"),
+    bad("cache-unknown", "data=image_folder", "data.root={images}", "data.cache=disk",
+        make=image_folder, says="data.cache=disk must be index, memory or none"),
+    bad("misspelt-folder-key", "data=image_folder", "data.root={images}", "+data.imagesize=8",
+        make=image_folder, says="did you mean data.image_size?"),
+    bad("hf-path-missing", "data=hf", "data.path={tmp}/no-such-set", says="does not exist"),
+    bad("hf-path-unset", "data=hf", says="data.path must be set"),
+    bad("webdataset-no-shards", "data=webdataset", "data.shards={tmp}", says="no .tar shards"),
     bad("single-class", "data=image_folder", "data.root={images}", "model=linear",
         "trainer.max_epochs=1", make=one_class,
         says="one class", owner="data", why="item 12: a single-class folder fails the "

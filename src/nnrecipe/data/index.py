@@ -97,7 +97,10 @@ def read_entries(root: Path, rels: list[str], listing: dict, workers: int) -> di
 
     workers = workers or len(os.sched_getaffinity(0))
     chunk = 256
-    jobs = [(str(root), rels[i:i + chunk], listing) for i in range(0, len(rels), chunk)]
+    # each job carries only its own files' stats: the whole listing, pickled to every job,
+    # made the parent the bottleneck at 100k files
+    jobs = [(str(root), [(r, *listing[r]) for r in rels[i:i + chunk]])
+            for i in range(0, len(rels), chunk)]
     bar = tqdm(total=len(rels), desc=f"indexing {root.name}/", unit="img", disable=None,
                leave=False)
     out = {}
@@ -119,8 +122,8 @@ def read_entries(root: Path, rels: list[str], listing: dict, workers: int) -> di
 
 
 def _read_chunk(job) -> dict[str, Entry]:
-    root, rels, listing = job
-    return {rel: read_entry(Path(root) / rel, *listing[rel]) for rel in rels}
+    root, files = job
+    return {rel: read_entry(Path(root) / rel, size, mtime) for rel, size, mtime in files}
 
 
 def read_entry(path: Path, size: int, mtime_ns: int) -> Entry:
@@ -149,23 +152,33 @@ def read_entry(path: Path, size: int, mtime_ns: int) -> Entry:
 
 
 def _read_cache(cache_file: Path | None) -> dict[str, Entry]:
-    if cache_file is None or not cache_file.exists():
-        return {}
-    try:
-        with open(cache_file, "rb") as f:
-            saved = pickle.load(f)
-        if saved.get("version") == VERSION:
-            return {rel: Entry(*e) for rel, e in saved["entries"].items()}
-    except Exception:  # a cache from elsewhere or half-written: it is rebuilt, not trusted
-        pass
+    saved = load_pickle(cache_file)
+    if saved and saved.get("version") == VERSION:
+        return {rel: Entry(*e) for rel, e in saved["entries"].items()}
     return {}
 
 
 def _write_cache(cache_file: Path, entries: dict[str, Entry]) -> None:
+    save_pickle(cache_file, {"version": VERSION,
+                             "entries": {k: tuple(e) for k, e in entries.items()}})
+
+
+def load_pickle(cache_file: Path | None):
+    """A cache file's content, or None (absent, half-written, from another version: rebuilt,
+    never trusted)."""
+    if cache_file is None or not cache_file.exists():
+        return None
+    try:
+        with open(cache_file, "rb") as f:
+            return pickle.load(f)
+    except Exception:
+        return None
+
+
+def save_pickle(cache_file: Path, value) -> None:
     """Atomic (write, then rename): parallel sweep trials may index the same folder at once."""
     cache_file.parent.mkdir(parents=True, exist_ok=True)
     tmp = cache_file.with_suffix(f".{os.getpid()}.tmp")
     with open(tmp, "wb") as f:
-        pickle.dump({"version": VERSION, "entries": {k: tuple(e) for k, e in entries.items()}},
-                    f, protocol=pickle.HIGHEST_PROTOCOL)
+        pickle.dump(value, f, protocol=pickle.HIGHEST_PROTOCOL)
     tmp.replace(cache_file)

@@ -9,12 +9,11 @@ files' content hashes match; only new or changed files are decoded again.
 from __future__ import annotations
 
 import os
-import pickle
 from pathlib import Path
 
 import torch
 
-from nnrecipe.data.index import Index, cache_path
+from nnrecipe.data.index import Index, cache_path, load_pickle, save_pickle
 from nnrecipe.data.splits import DataBundle, FileSplit, TensorSplit
 
 
@@ -71,25 +70,17 @@ def _decode(root: Path, rels: list[str], chans: int, size: int, workers: int) ->
 
 
 def _load(cache_file: Path | None) -> dict:
-    if cache_file is None or not cache_file.exists():
-        return {}
+    saved = load_pickle(cache_file)
     try:
-        with open(cache_file, "rb") as f:
-            saved = pickle.load(f)
         x = saved["pixels"]
         return {rel: (h, x[i]) for i, (rel, h) in enumerate(zip(saved["paths"], saved["hashes"],
                                                                 strict=True))}
-    except Exception:  # half-written or from another version: decoded again, never trusted
+    except Exception:  # none, or not what this version writes: decoded again
         return {}
 
 
 def _save(cache_file: Path, items: dict) -> None:
     """One uint8 tensor for all images (pickling 100k small tensors is 50x slower)."""
-    cache_file.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache_file.with_suffix(f".{os.getpid()}.tmp")
     rels = list(items)
-    saved = {"paths": rels, "hashes": [items[r][0] for r in rels],
-             "pixels": torch.stack([items[r][1] for r in rels])}
-    with open(tmp, "wb") as f:
-        pickle.dump(saved, f, protocol=pickle.HIGHEST_PROTOCOL)
-    tmp.replace(cache_file)
+    save_pickle(cache_file, {"paths": rels, "hashes": [items[r][0] for r in rels],
+                             "pixels": torch.stack([items[r][1] for r in rels])})

@@ -54,7 +54,7 @@ def image_folder(
         raise UserError(f"data.root={train_dir} holds no readable image files in its class folders")
     _carve(members, [n for n in ("val", "test") if n not in members],
            {"val": val_fraction, "test": test_fraction}, seed)
-    splits = [FileSplit(root, [Path(r) for r, _ in members[n]], [t for _, t in members[n]],
+    splits = [FileSplit(root, [r for r, _ in members[n]], [t for _, t in members[n]],
                         hashes=[index.entries[r].hash for r, _ in members[n]])
               for n in ("train", "val", "test")]
     bundle = DataBundle(*splits, class_names=class_names, in_chans=in_chans,

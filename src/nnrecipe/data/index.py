@@ -80,13 +80,19 @@ def list_images(root: Path) -> dict[str, tuple[int, int]]:
             for e in it:
                 if e.is_dir(follow_symlinks=True):
                     stack.append((e.path, f"{prefix}{e.name}/"))
-                elif os.path.splitext(e.name)[1].lower() in IMG_EXTENSIONS:
+                elif _suffix(e.name) in IMG_EXTENSIONS:
                     try:
                         st = e.stat(follow_symlinks=True)
                         found[prefix + e.name] = (st.st_size, st.st_mtime_ns)
                     except OSError:  # a broken link: read_entry says so, once
                         found[prefix + e.name] = (-1, 0)
     return found
+
+
+def _suffix(name: str) -> str:
+    """Path(name).suffix.lower() without building a Path (100k of them cost a second)."""
+    dot = name.rfind(".")
+    return name[dot:].lower() if dot > 0 else ""
 
 
 def read_entries(root: Path, rels: list[str], listing: dict, workers: int) -> dict[str, Entry]:
@@ -128,10 +134,6 @@ def _read_chunk(job) -> dict[str, Entry]:
 
 def read_entry(path: Path, size: int, mtime_ns: int) -> Entry:
     """Hash the bytes and decode them once: a broken file is found here, never in a batch."""
-    from io import BytesIO
-
-    from PIL import Image
-
     try:
         data = path.read_bytes()
     except OSError as e:
@@ -140,7 +142,7 @@ def read_entry(path: Path, size: int, mtime_ns: int) -> Entry:
     if not data:
         return Entry(size, mtime_ns, digest, "empty file", 0, 0, "")
     try:
-        with Image.open(BytesIO(data)) as image:
+        with _open(data, path.suffix.lower()) as image:
             width, height, mode = *image.size, image.mode
             if image.format == "JPEG":  # decode at 1/8 scale: still reads every byte, 5x faster
                 image.draft(image.mode, (max(1, width // 8), max(1, height // 8)))
@@ -149,6 +151,23 @@ def read_entry(path: Path, size: int, mtime_ns: int) -> Entry:
         return Entry(size, mtime_ns, digest, f"not a readable image ({type(e).__name__}: {e})",
                      0, 0, "")
     return Entry(size, mtime_ns, digest, None, width, height, mode)
+
+
+FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP", ".bmp": "BMP",
+           ".tif": "TIFF", ".tiff": "TIFF", ".ppm": "PPM", ".pgm": "PPM"}
+
+
+def _open(data: bytes, suffix: str):
+    """PIL's Image.open, told the format the suffix names first (probing every format took a
+    third of the index's time); a file whose suffix lies still opens, by probing."""
+    from io import BytesIO
+
+    from PIL import Image
+
+    try:
+        return Image.open(BytesIO(data), formats=[FORMATS[suffix]] if suffix in FORMATS else None)
+    except Exception:
+        return Image.open(BytesIO(data))
 
 
 def _read_cache(cache_file: Path | None) -> dict[str, Entry]:

@@ -21,12 +21,11 @@ def to_memory(bundle: DataBundle, index: Index, directory: Path | None) -> DataB
     """The bundle with each FileSplit replaced by a TensorSplit of its decoded pixels in [0, 1]
     that remembers its files (paths, hashes: the split's identity and the leakage check)."""
     size, chans = bundle.image_size, bundle.in_chans
-    wanted = {str(Path(p).as_posix()): index.entries[Path(p).as_posix()].hash
-              for s in bundle.splits.values() for p in s.paths}
+    wanted = {p: index.entries[p].hash for s in bundle.splits.values() for p in s.paths}
     pixels = _cached_pixels(index.root, wanted, chans, size, directory, bundle.num_workers)
     splits = []
     for s in bundle.splits.values():
-        x = torch.stack([pixels[Path(p).as_posix()] for p in s.paths])
+        x = torch.stack([pixels[p] for p in s.paths])
         splits.append(TensorSplit(x.float().div_(255), torch.tensor(s.targets),
                                   paths=list(s.paths), hashes=s.hashes))
     bundle.train, bundle.val, bundle.test = splits
@@ -57,7 +56,7 @@ def _decode(root: Path, rels: list[str], chans: int, size: int, workers: int) ->
     from nnrecipe.data.batches import loader_options
 
     workers = workers or len(os.sched_getaffinity(0))
-    split = FileSplit(root, [Path(r) for r in rels], [0] * len(rels), in_chans=chans,
+    split = FileSplit(root, rels, [0] * len(rels), in_chans=chans,
                       image_size=size)
     options = loader_options(None, workers) | {"persistent_workers": False}
     loader = DataLoader(split.dataset(fast=workers > 0), batch_size=256,

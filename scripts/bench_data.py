@@ -108,6 +108,7 @@ def main() -> None:
     p.add_argument("--device", default="cuda" if _cuda() else "cpu")
     p.add_argument("--cache", default="index")
     p.add_argument("--cache-dir", type=Path)
+    p.add_argument("--memory", action="store_true", help="also time data.cache=memory starts")
     p.add_argument("--start-only", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.start_only:
@@ -139,6 +140,10 @@ def report(args) -> None:
         print(f"start (build_data, imports {first['imports_s']:.1f} s apart): first "
               f"{first['build_s']:.1f} s (index built), second {second['build_s']:.2f} s "
               f"(index reused); data.cache=none {none['build_s']:.1f} s")
+        if args.memory:
+            decoded, again = (timed_start(args, Path(cache), cache="memory") for _ in range(2))
+            print(f"data.cache=memory start: first {decoded['build_s']:.1f} s (decoded into "
+                  f"memory, index reused), second {again['build_s']:.1f} s (pixels from disk)")
         data = build_data(folder_cfg(args.root, args.image_size, args.workers, "index",
                                      Path(cache)), 0, args.device)
     batches, scan = torchvision_batches(args, data, args.device)

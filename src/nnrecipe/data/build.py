@@ -40,7 +40,7 @@ def build_data(cfg: DictConfig, seed: int, device: torch.device | str = "cpu") -
     bundle.mean, bundle.std = _channel_stats(bundle, cfg.get("mean"), cfg.get("std"))
     for split in bundle.splits.values():
         if isinstance(split, TensorSplit):
-            split.x = bundle.normalize(split.x).to(device)
+            split.x = _normalized(bundle, split).to(device)
             split.y = split.y.to(device)
         else:
             split.in_chans, split.image_size = bundle.in_chans, bundle.image_size
@@ -52,6 +52,16 @@ def build_data(cfg: DictConfig, seed: int, device: torch.device | str = "cpu") -
         cfg.mean = [round(m, 4) for m in bundle.mean]
         cfg.std = [round(s, 4) for s in bundle.std]
     return bundle
+
+
+def _normalized(bundle: DataBundle, split: TensorSplit) -> torch.Tensor:
+    """Normalised pixels. Decoded from files here (data.cache=memory, hf, webdataset): the tensor
+    is ours, normalised in place, the same two operations (no second 1.2 GB copy at 100k)."""
+    if split.paths is None:  # a source's tensor: it may share it between splits
+        return bundle.normalize(split.x)
+    mean = torch.tensor(bundle.mean).view(1, -1, 1, 1)
+    std = torch.tensor(bundle.std).view(1, -1, 1, 1)
+    return split.x.sub_(mean).div_(std)
 
 
 def _source_config(cfg: DictConfig) -> DictConfig:

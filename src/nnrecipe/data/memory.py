@@ -20,12 +20,12 @@ from nnrecipe.data.splits import DataBundle, FileSplit, TensorSplit
 def to_memory(bundle: DataBundle, index: Index, directory: Path | None) -> DataBundle:
     """The bundle with each FileSplit replaced by a TensorSplit of its decoded pixels in [0, 1]
     that remembers its files (paths, hashes: the split's identity and the leakage check)."""
-    size, chans = bundle.image_size, bundle.in_chans
     wanted = {p: index.entries[p].hash for s in bundle.splits.values() for p in s.paths}
-    pixels = _cached_pixels(index.root, wanted, chans, size, directory, bundle.num_workers)
+    pixels, row = _cached_pixels(index.root, wanted, bundle.in_chans, bundle.image_size,
+                                 directory)
     splits = []
     for s in bundle.splits.values():
-        x = torch.stack([pixels[p] for p in s.paths])
+        x = pixels[torch.tensor([row[p] for p in s.paths], dtype=torch.long)]  # one gather
         splits.append(TensorSplit(x.float().div_(255), torch.tensor(s.targets),
                                   paths=list(s.paths), hashes=s.hashes))
     bundle.train, bundle.val, bundle.test = splits
@@ -33,53 +33,43 @@ def to_memory(bundle: DataBundle, index: Index, directory: Path | None) -> DataB
 
 
 def _cached_pixels(root: Path, wanted: dict[str, bytes], chans: int, size: int,
-                   directory: Path | None, workers: int) -> dict[str, torch.Tensor]:
-    """{relative path: uint8 [C, size, size]} for `wanted` ({path: content hash})."""
+                   directory: Path | None) -> tuple[torch.Tensor, dict[str, int]]:
+    """uint8 [N, C, size, size] holding every file of `wanted` ({path: content hash}) and the
+    row of each. Rows whose file changed are decoded again; the tensor is saved when it
+    changed. Whole-tensor operations only: 100k per-image tensors cost seconds."""
     cache_file = (cache_path(root, directory, f"pixels-{chans}x{size}")
                   if directory is not None else None)
-    saved = _load(cache_file)
-    pixels = {rel: x for rel, (h, x) in saved.items() if wanted.get(rel) == h}
-    todo = [rel for rel in wanted if rel not in pixels]
-    pixels.update(_decode(root, todo, chans, size, workers))
-    if cache_file is not None and (todo or len(saved) != len(wanted)):
-        _save(cache_file, {rel: (wanted[rel], pixels[rel]) for rel in wanted})
-    return pixels
+    saved = load_pickle(cache_file) or {"paths": [], "hashes": [], "pixels": None}
+    row = {rel: i for i, (rel, h) in enumerate(zip(saved["paths"], saved["hashes"]))
+           if wanted.get(rel) == h}
+    todo = [rel for rel in wanted if rel not in row]
+    if not todo and len(row) == len(saved["paths"]):
+        return saved["pixels"], row
+    keep = sorted(row.values())
+    parts = [saved["pixels"][torch.tensor(keep, dtype=torch.long)]] if keep else []
+    parts += [_decode(root, todo, chans, size)] if todo else []
+    paths = [saved["paths"][i] for i in keep] + todo
+    pixels = torch.cat(parts)
+    if cache_file is not None:
+        save_pickle(cache_file, {"paths": paths, "hashes": [wanted[p] for p in paths],
+                                 "pixels": pixels})
+    return pixels, {rel: i for i, rel in enumerate(paths)}
 
 
-def _decode(root: Path, rels: list[str], chans: int, size: int, workers: int) -> dict:
-    """Decoded by DataLoader workers (all cores), as the file path decodes them."""
-    if not rels:
-        return {}
+def _decode(root: Path, rels: list[str], chans: int, size: int) -> torch.Tensor:
+    """Decoded by DataLoader workers over all cores, as the file path decodes them."""
     from torch.utils.data import DataLoader
     from tqdm.auto import tqdm
 
     from nnrecipe.data.batches import loader_options
 
-    workers = workers or len(os.sched_getaffinity(0))
-    split = FileSplit(root, rels, [0] * len(rels), in_chans=chans,
-                      image_size=size)
+    workers = len(os.sched_getaffinity(0))
+    if workers > 1:
+        import torchvision.io  # noqa: F401  (imported once, before the workers fork)
+    split = FileSplit(root, rels, [0] * len(rels), in_chans=chans, image_size=size)
+    workers = workers if workers > 1 else 0  # one core: no worker to wait for
     options = loader_options(None, workers) | {"persistent_workers": False}
-    loader = DataLoader(split.dataset(fast=workers > 0), batch_size=256,
+    loader = DataLoader(split.dataset(fast=workers > 1), batch_size=256,
                         generator=torch.Generator(), **options)  # not the global RNG
-    rows = []
-    for x, _ in tqdm(loader, desc=f"decoding {root.name}/ into memory", unit="batch",
-                     disable=None, leave=False):
-        rows.extend(x)
-    return dict(zip(rels, rows, strict=True))
-
-
-def _load(cache_file: Path | None) -> dict:
-    saved = load_pickle(cache_file)
-    try:
-        x = saved["pixels"]
-        return {rel: (h, x[i]) for i, (rel, h) in enumerate(zip(saved["paths"], saved["hashes"],
-                                                                strict=True))}
-    except Exception:  # none, or not what this version writes: decoded again
-        return {}
-
-
-def _save(cache_file: Path, items: dict) -> None:
-    """One uint8 tensor for all images (pickling 100k small tensors is 50x slower)."""
-    rels = list(items)
-    save_pickle(cache_file, {"paths": rels, "hashes": [items[r][0] for r in rels],
-                             "pixels": torch.stack([items[r][1] for r in rels])})
+    return torch.cat([x for x, _ in tqdm(loader, desc=f"decoding {root.name}/ into memory",
+                                         unit="batch", disable=None, leave=False)])

@@ -150,3 +150,13 @@ def test_cache_memory_trains_exactly_as_the_file_path(run_train, tmp_path):
         assert run["summary"] == file_run["summary"] and run["history"] == file_run["history"]
     cache_files = list(Path(os.environ["NNRECIPE_CACHE_DIR"]).glob("imgs-*.pixels-3x8.pkl"))
     assert len(cache_files) == 1
+
+
+def test_cache_memory_refuses_a_folder_that_does_not_fit(tmp_path, monkeypatch):
+    import nnrecipe.data.memory as memory
+    from nnrecipe.errors import UserError
+
+    root = write_folder(tmp_path / "imgs")
+    monkeypatch.setattr(memory, "machine_memory", lambda: 2**20)  # a 1 MiB machine
+    with pytest.raises(UserError, match="data.cache=memory: 24 images at 64x64 need"):
+        build_data(folder_cfg(root, cache="memory", image_size=64), seed=0)

@@ -15,12 +15,14 @@ import torch
 
 from nnrecipe.data.index import Index, cache_path, load_pickle, save_pickle
 from nnrecipe.data.splits import DataBundle, FileSplit, TensorSplit
+from nnrecipe.errors import UserError
 
 
 def to_memory(bundle: DataBundle, index: Index, directory: Path | None) -> DataBundle:
     """The bundle with each FileSplit replaced by a TensorSplit of its decoded pixels in [0, 1]
     that remembers its files (paths, hashes: the split's identity and the leakage check)."""
     wanted = {p: index.entries[p].hash for s in bundle.splits.values() for p in s.paths}
+    _check_fits(len(wanted), bundle.in_chans, bundle.image_size)
     pixels, row = _cached_pixels(index.root, wanted, bundle.in_chans, bundle.image_size,
                                  directory)
     splits = []
@@ -30,6 +32,22 @@ def to_memory(bundle: DataBundle, index: Index, directory: Path | None) -> DataB
                                   paths=list(s.paths), hashes=s.hashes))
     bundle.train, bundle.val, bundle.test = splits
     return bundle
+
+
+def _check_fits(n: int, chans: int, size: int) -> None:
+    """Fail before decoding rather than swap or be killed: uint8 pixels plus the float copy."""
+    need = n * chans * size * size * 5
+    total = machine_memory()
+    if need > 0.8 * total:
+        raise UserError(
+            f"data.cache=memory: {n:,} images at {size}x{size} need ~{need / 2**30:.1f} GiB, "
+            f"this machine has {total / 2**30:.1f} GiB: use data.cache=index (files read by "
+            f"workers) or a smaller data.image_size"
+        )
+
+
+def machine_memory() -> int:
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
 def _cached_pixels(root: Path, wanted: dict[str, bytes], chans: int, size: int,

@@ -25,7 +25,6 @@ def test_preflight_writes_checks_json_and_pictures(run_train):
     assert all(set(r) == {"name", "status", "measured", "expected", "message", "seconds"}
                for r in rows)
     assert {r["status"] for r in rows} == {"PASS"}, [r for r in rows if r["status"] != "PASS"]
-    assert sum(r["seconds"] for r in rows) < 10  # the target is 3 s; CI machines are shared
     for picture in ("batch.png", "prediction_dynamics.png"):
         assert (run_dir / picture).stat().st_size > 5000
 

@@ -168,7 +168,7 @@ def check_loss_decreases(model: nn.Module, batches: Sequence[Batch], cycle: int,
         before = sum(loss_fn(untrained(x), y).item() for x, y in batches[:cycle]) / cycle
         del untrained
     net, losses = train_copy(model, make_optimizer, batches, loss_fn, deadline=deadline,
-                             min_steps=min(len(batches), 2 * cycle))
+                             min_steps=min(len(batches), max(10, 2 * cycle)))
     if len(losses) < len(batches) and math.isfinite(losses[-1]):
         shortened = shortened or f"stopped at the time budget after {len(losses)} steps"
     scale = min(1.0, len(losses) / full_steps) if full_steps else 1.0

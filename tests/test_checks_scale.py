@@ -119,3 +119,20 @@ def test_healthy_digits_keep_their_full_sizes_under_the_default_budget():
     report = preflight(ConvNet(10, 1), budget_s=15.0)
     assert report.budget_s == 15.0 and digits().num_classes == 10
     assert all(r.status == PASS for r in report.results), report.table()
+
+
+def test_leakage_uses_the_hashes_a_split_carries_without_reading_a_file(tmp_path):
+    from nnrecipe.checks import check_leakage
+    from nnrecipe.data import FileSplit
+
+    def split(names, hashes):
+        s = FileSplit(tmp_path / "gone", [f"{n}.png" for n in names], [0] * len(names))
+        s.hashes = hashes  # as a file index provides them; the files do not exist
+        return s
+
+    splits = {"train": split("abcd", ["h1", "h2", "h3", "h4"]),
+              "val": split("ef", ["h5", "h2"]), "test": split("g", ["h7"])}
+    r = check_leakage(splits)
+    assert r.status == FAIL and "val∩train: 1" in r.measured and "index's hashes" in r.measured
+    del splits["val"].hashes  # one split without: every split is hashed from its files
+    assert check_leakage(splits).status == FAIL  # the files are missing: the check says so

@@ -157,6 +157,21 @@ def test_checkpoint_adds_the_models_view(run_train, audit_cfg, tmp_path):
     assert report["model"]["per_class_accuracy"]["val"].keys() == set(map(str, range(10)))
 
 
+def test_checkpoint_view_uses_the_checkpoints_splits_not_the_audits(run_train, audit_cfg,
+                                                                     tmp_path):
+    """A model trained on another split: its "val" must be its own validation images."""
+    from nnrecipe.audit import run_audit
+    from nnrecipe.checkpoint import load_checkpoint
+
+    _, run_dir = run_train("trainer.max_epochs=1", "model=linear", "trainer.num_threads=1",
+                           "seed=3", "data.val_fraction=0.3")
+    best = load_checkpoint(run_dir / "checkpoints" / "best.pt")
+    f = run_audit(audit_cfg(f"checkpoint={run_dir}"), tmp_path / "audit")  # seed 0, val 0.15
+    assert f["splits"]["val"]["size"] == round(0.3 * 1797)
+    assert f["model"]["accuracy"]["val"] == pytest.approx(best["fit_state"]["best_val_acc"],
+                                                          abs=1e-3)
+
+
 def test_checkpoint_of_other_data_is_a_clear_error(run_train, audit_cfg, tmp_path):
     from nnrecipe.audit import run_audit
     from nnrecipe.errors import UserError

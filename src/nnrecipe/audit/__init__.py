@@ -36,7 +36,7 @@ def run_audit(cfg: DictConfig, run_dir: Path, name: str | None = None) -> dict:
     trained = _load_trained(cfg) if cfg.get("checkpoint") else None
     clock = Stopwatch()
     with clock("read data"):
-        data = build_data(cfg.data, cfg.seed, "cpu")
+        data = build_data(cfg.data, trained[2] if trained else cfg.seed, "cpu")
         pool = build_pool(data, cfg.audit.thumb_size, bool(cfg.trainer.progress))
     log.info("audit: %d images in %d classes", len(pool), len(pool.class_names))
     f = find(pool, cfg, clock)
@@ -109,17 +109,34 @@ def publish(f: dict, pool: Pool, cfg: DictConfig, run_dir: Path, name: str | Non
     log.info("report: %s", run_dir / "report.md")
 
 
-def _load_trained(cfg: DictConfig) -> tuple[dict, Path]:
-    """The checkpoint, after checking it was trained on this data; normalise as it was."""
+SPLIT_KEYS = ("val_fraction", "test_fraction", "split_seed")  # what draws train/val/test
+
+
+def _load_trained(cfg: DictConfig) -> tuple[dict, Path, int]:
+    """The checkpoint, after checking it was trained on this data, and the seed its data was
+    built with. The audit then normalises as it did and splits as it did: with the audit's
+    own split settings a model would get "val" accuracy partly on its training images."""
     from nnrecipe.audit.model_view import check_same_data, load_trained
 
     state, path = load_trained(cfg.checkpoint)
-    trained_data = state["config"].get("data", {})
+    trained = state["config"]
+    trained_data = trained.get("data", {})
     check_same_data(trained_data, cfg.data)
+    changed = []
     with open_dict(cfg):
         for key in ("mean", "std"):
             cfg.data[key] = trained_data.get(key) or cfg.data.get(key)
-    return state, path
+        for key in SPLIT_KEYS:
+            if key in trained_data and trained_data[key] != cfg.data.get(key):
+                changed.append(f"data.{key}={trained_data[key]}")
+                cfg.data[key] = trained_data[key]
+    seed = trained.get("seed", cfg.seed)
+    if seed != cfg.seed:
+        changed.append(f"seed={seed}")
+    if changed:
+        log.info("audit: splits as the checkpoint's run drew them (%s), not this audit's",
+                 ", ".join(changed))
+    return state, path, seed
 
 
 class Stopwatch:

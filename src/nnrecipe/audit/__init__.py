@@ -57,8 +57,9 @@ def find(pool: Pool, cfg: DictConfig, clock: Stopwatch) -> dict:
     f = split_findings(pool)
     with clock("exact duplicates"):
         exact = duplicates.exact_duplicates(pool)
+    with clock("embedding"):
+        z = embed(pool, dims=a.embedding_dims, seed=cfg.seed)
     with clock("nearest neighbours"):
-        z = embed(pool.thumbs, dims=a.embedding_dims)
         dist, idx = nearest_neighbours(z, k=a.neighbours, progress=bool(cfg.trainer.progress))
         near = duplicates.near_duplicates(pool, dist, idx, a.near_duplicate_distance,
                                           a.max_listed)
@@ -89,6 +90,7 @@ def publish(f: dict, pool: Pool, cfg: DictConfig, run_dir: Path, name: str | Non
     with clock("figures"):
         figs = report.make_figures(pool, f, run_dir / "figures", cfg.audit.max_shown, cfg.seed)
     f["timings"] = clock.seconds
+    f["peak_memory_mb"] = peak_memory_mb()
     report.write_json(f, run_dir / "report.json")
     report.write_markdown(f, figs, run_dir / "report.md", cfg.audit.max_shown)
     with open_dict(cfg):
@@ -137,6 +139,15 @@ def _load_trained(cfg: DictConfig) -> tuple[dict, Path, int]:
         log.info("audit: splits as the checkpoint's run drew them (%s), not this audit's",
                  ", ".join(changed))
     return state, path, seed
+
+
+def peak_memory_mb() -> dict:
+    """Peak resident memory of this process and of the largest decoding process, in MB."""
+    import resource
+
+    kb = {who: resource.getrusage(getattr(resource, f"RUSAGE_{who.upper()}")).ru_maxrss
+          for who in ("self", "children")}
+    return {"audit": round(kb["self"] / 1024), "largest_worker": round(kb["children"] / 1024)}
 
 
 class Stopwatch:

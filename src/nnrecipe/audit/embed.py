@@ -3,25 +3,57 @@
 Embedding: the image shrunk to 16x16, centred and scaled to unit length (so brightness and
 contrast do not matter), projected on its top principal components. Cosine distance in this
 space is small for the same picture with a little noise, resizing or re-encoding, and large for
-different pictures. Neighbours are found by blocked matrix products (exact, vectorised):
-50,000 images take seconds, where a Python loop over pairs would take hours.
+different pictures.
+
+At size everything streams: the components are fitted on a sample (PCA_SAMPLE images: the
+top components of 768 pixels are settled long before), the pool is projected block by block,
+and only [N, dims] float32 is kept (51 MB for 200k images at 64 dims, where the 16x16 pixels in
+float64 were 1.2 GB). Neighbours: exact, by blocked matrix products (see nearest_neighbours).
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from nnrecipe import runtime
 
+PCA_SAMPLE = 20_000
 
-def embed(thumbs: torch.Tensor, dims: int = 64, side: int = 16) -> torch.Tensor:
-    """[N, C, H, W] pixels -> [N, dims] unit vectors (zeros for constant or non-finite images)."""
-    x = pixels(thumbs, side)
-    x = x - x.mean(1, keepdim=True)
-    x = x / x.norm(dim=1, keepdim=True).clamp_min(1e-8)
-    return F.normalize(pca(x, dims).float(), dim=1)
+
+def embed(pool, dims: int = 64, side: int = 16, seed: int = 0) -> torch.Tensor:
+    """The pool's images -> [N, dims] unit vectors (zeros for constant or non-finite images)."""
+    z = project(pool, dims, side, unit_rows=True, seed=seed)
+    return F.normalize(z, dim=1)
+
+
+def project(pool, dims: int, side: int = 16, unit_rows: bool = False,
+            seed: int = 0) -> torch.Tensor:
+    """[N, dims] float32: the pool's 16x16 pixels (each row centred and scaled to unit length
+    when `unit_rows`) on their top principal components, fitted on a sample of rows."""
+    n = len(pool)
+    rng = np.random.default_rng(seed)
+    sample = np.sort(rng.choice(n, PCA_SAMPLE, replace=False)) if n > PCA_SAMPLE else None
+    fit = _features(pool.images(sample if sample is not None else slice(None)), side,
+                    unit_rows)
+    mean = fit.mean(0)
+    components = principal_components(fit - mean, dims)
+    del fit
+    out = torch.empty(n, components.shape[1] if components is not None else len(mean))
+    for rows, images in pool.blocks():
+        x = _features(images, side, unit_rows) - mean
+        out[rows] = (x @ components if components is not None else x).float()
+    return out
+
+
+def _features(images: torch.Tensor, side: int, unit_rows: bool) -> torch.Tensor:
+    x = pixels(images, side)
+    if unit_rows:
+        x = x - x.mean(1, keepdim=True)
+        x = x / x.norm(dim=1, keepdim=True).clamp_min(1e-8)
+    return x
 
 
 def pixels(thumbs: torch.Tensor, side: int = 16) -> torch.Tensor:
@@ -32,30 +64,41 @@ def pixels(thumbs: torch.Tensor, side: int = 16) -> torch.Tensor:
     return x.flatten(1).double()
 
 
-def pca(x: torch.Tensor, dims: int) -> torch.Tensor:
-    """Projection of the centred rows of x on their top `dims` principal components.
+def principal_components(x: torch.Tensor, dims: int) -> torch.Tensor | None:
+    """[D, dims] top principal directions of the centred rows of x, largest variance first;
+    None when there are not more dimensions (or rows) than `dims`: keep x as it is.
 
     Exact, from the eigenvectors of the D x D covariance (D <= 768 here): faster and steadier
     than a randomised SVD, and deterministic.
     """
-    x = x - x.mean(0)
     if dims >= x.shape[1] or len(x) <= dims:
-        return x
-    covariance = x.T @ x
+        return None
     with runtime.threads(1):  # a small matrix: extra LAPACK threads only wait
-        _, vectors = torch.linalg.eigh(covariance)
-    return x @ vectors[:, -dims:].flip(1)  # largest variance first
+        _, vectors = torch.linalg.eigh(x.T @ x)
+    return vectors[:, -dims:].flip(1)
 
 
-def nearest_neighbours(z: torch.Tensor, k: int = 5, block: int = 1024,
+def pca(x: torch.Tensor, dims: int) -> torch.Tensor:
+    """Projection of the centred rows of x on their top `dims` principal components."""
+    x = x - x.mean(0)
+    components = principal_components(x, dims)
+    return x if components is None else x @ components
+
+
+def nearest_neighbours(z: torch.Tensor, k: int = 5, block: int | None = None,
                        progress: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-    """Cosine distances [N, k] and indices [N, k] of each row's k nearest other rows."""
+    """Cosine distances [N, k] and indices [N, k] of each row's k nearest other rows.
+
+    Exact, by blocked matrix products: each block of rows against all rows, its top k kept.
+    The block is sized so its similarity buffer stays near 128 MB whatever N.
+    """
     n = len(z)
     k = max(1, min(k, n - 1))
+    block = block or max(64, (32 << 20) // max(1, n))
     dist = torch.empty(n, k)
     idx = torch.empty(n, k, dtype=torch.long)
     zt = z.T.contiguous()
-    buffer = torch.empty(min(block, n), n)  # reused: a fresh 200 MB block each time page-faults
+    buffer = torch.empty(min(block, n), n)  # reused: a fresh buffer each time page-faults
     starts = range(0, n, block)
     for s in tqdm(starts, desc="audit: nearest neighbours", unit="block", leave=False,
                   disable=None if progress else True):

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from nnrecipe import runtime
-from nnrecipe.audit.embed import pca, pixels
+from nnrecipe.audit.embed import project
 from nnrecipe.audit.pool import Pool
 
 
@@ -27,7 +27,7 @@ def out_of_fold_probs(pool: Pool, folds: int = 5, dims: int = 128, seed: int = 0
     sum of the K independent losses (each over its own training images): one L-BFGS run in a
     few tensor ops instead of K scikit-learn fits, seconds even for 50,000 images.
     """
-    x = pca(pixels(pool.thumbs), dims).float()
+    x = project(pool, dims, seed=seed)
     x = (x - x.mean(0)) / x.std(0).clamp_min(1e-6)
     x = torch.cat([x, torch.ones(len(x), 1)], dim=1)  # bias
     y = torch.as_tensor(pool.labels)

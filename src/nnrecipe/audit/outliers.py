@@ -29,6 +29,12 @@ def robust_z(values: np.ndarray) -> np.ndarray:
     return (values - median) / np.maximum(scale, 1e-9)
 
 
+def pool_stats(pool: Pool) -> np.ndarray:
+    """image_stats of the whole pool, block by block (the thumbnails stay uint8)."""
+    return np.concatenate([image_stats(images) for _, images in pool.blocks()]) if len(
+        pool) else np.zeros((0, 3 * pool.thumbs.shape[1]))
+
+
 def image_stats(thumbs: torch.Tensor) -> np.ndarray:
     """Per image and channel: mean (brightness), std (contrast), and the mean difference between
     neighbouring pixels (texture: high for noise, low for blur)."""
@@ -40,7 +46,7 @@ def image_stats(thumbs: torch.Tensor) -> np.ndarray:
 
 
 def outlier_scores(pool: Pool, knn_dist: torch.Tensor) -> np.ndarray:
-    stats = np.abs(robust_z(image_stats(pool.thumbs))).max(1)
+    stats = np.abs(robust_z(pool_stats(pool))).max(1)
     isolation = robust_z(knn_dist[:, -1].numpy()[:, None])[:, 0]  # far only: near is no outlier
     return np.maximum(stats, isolation)
 

@@ -102,6 +102,27 @@ def test_nearest_neighbours_match_brute_force():
     assert torch.allclose(dist, want.clamp_min(0), atol=1e-5)
 
 
+def test_large_pools_use_faiss_and_still_find_each_nearest_neighbour():
+    """Above exact_max rows: FAISS's inverted-file index. On clustered points (images are)
+    it finds the true nearest neighbour, never returns a row as its own, and an exact copy is
+    a neighbour at distance 0."""
+    pytest.importorskip("faiss")
+    from nnrecipe.audit.embed import nearest_neighbours
+
+    g = torch.Generator().manual_seed(0)
+    centres = torch.randn(20, 16, generator=g)
+    z = centres[torch.arange(2000) % 20] + 0.3 * torch.randn(2000, 16, generator=g)
+    z[1] = z[0]  # an exact copy: ties with the row itself
+    z = torch.nn.functional.normalize(z, dim=1)
+    dist, idx = nearest_neighbours(z, k=3, progress=False, exact_max=100)
+    exact_dist, exact_idx = nearest_neighbours(z, k=3, progress=False)
+    assert not (idx == torch.arange(2000)[:, None]).any()
+    assert idx[0, 0] == 1 and idx[1, 0] == 0 and dist[0, 0] < 1e-5
+    assert (idx[:, 0] == exact_idx[:, 0]).float().mean() > 0.98
+    assert torch.allclose(dist[:, 0], exact_dist[:, 0], atol=1e-4) or (
+        (dist[:, 0] - exact_dist[:, 0]).abs() < 1e-4).float().mean() > 0.98
+
+
 def wandb_records(run_dir: Path) -> list[dict]:
     (run,) = Path(run_dir).glob("wandb/offline-run-*")
     cli = Path(sys.executable).with_name("wandb")

@@ -37,6 +37,7 @@ def run_audit(cfg: DictConfig, run_dir: Path, name: str | None = None) -> dict:
     clock = Stopwatch()
     with clock("read data"):
         data = build_data(cfg.data, trained[2] if trained else cfg.seed, "cpu")
+    with clock("decode images"):
         pool = build_pool(data, cfg.audit.thumb_size, bool(cfg.trainer.progress))
     log.info("audit: %d images in %d classes", len(pool), len(pool.class_names))
     f = find(pool, cfg, clock)
@@ -60,7 +61,9 @@ def find(pool: Pool, cfg: DictConfig, clock: Stopwatch) -> dict:
     with clock("embedding"):
         z = embed(pool, dims=a.embedding_dims, seed=cfg.seed)
     with clock("nearest neighbours"):
-        dist, idx = nearest_neighbours(z, k=a.neighbours, progress=bool(cfg.trainer.progress))
+        dist, idx = nearest_neighbours(z, k=a.neighbours, progress=bool(cfg.trainer.progress),
+                                       exact_max=a.exact_neighbours_max,
+                                       probes=a.neighbour_probes)
         near = duplicates.near_duplicates(pool, dist, idx, a.near_duplicate_distance,
                                           a.max_listed)
     f["duplicates"] = exact + near

@@ -102,6 +102,7 @@ def nearest_neighbours(z: torch.Tensor, k: int = 5, block: int | None = None,
     installed.
     """
     if exact_max is not None and len(z) > exact_max:
+        logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # its CPU-feature probing
         try:
             import faiss  # noqa: F401  (optional: pip install faiss-cpu)
         except ImportError:

@@ -2,10 +2,9 @@
 
 A quick model (softmax regression on shrunk pixels) is trained K times, each time predicting
 the fold it did not see, so every image gets a probability from a model that never saw its label.
-Confident learning (Northcutt et al., 2021) then flags an image when it confidently belongs to
-another class: its probability for that class reaches the class's own threshold (the mean
-probability the model gives images labelled with it), and its given label's does not win.
-Written here rather than with cleanlab: the rule is a dozen lines, cleanlab a dependency tree.
+Confident learning (Northcutt et al., 2021) then flags an image when the probabilities contradict
+its label: cleanlab's find_label_issues when installed (it measured better: see label_issues),
+else the rule written here.
 """
 
 from __future__ import annotations
@@ -68,21 +67,53 @@ def _stratified_folds(labels: np.ndarray, folds: int, seed: int) -> np.ndarray:
 
 
 def label_issues(pool: Pool, probs: np.ndarray, limit: int) -> list[dict]:
-    """Images that confidently belong to another class, the most confident first."""
+    """Images whose given label the out-of-fold probabilities contradict, the widest margin
+    (probability of the likeliest other class minus the given one's) first.
+
+    cleanlab's find_label_issues(filter_by="both") when cleanlab is installed: on the same
+    probabilities with 5% of the labels planted wrong it found 88% of them at 90% precision
+    in the digits and 95% at 100% in 20k synthetic images, where the confident-learning rule
+    below (the same as its filter_by="confident_learning") found 76% and 86%
+    (scripts/bench_audit.py labels). Without cleanlab, that rule.
+    """
     y = pool.labels
-    k = probs.shape[1]
+    ranked = _cleanlab_issues(y, probs)
+    if ranked is None:
+        ranked = _confident_issues(y, probs)
     given = probs[np.arange(len(y)), y]
-    # per-class threshold: the mean probability of class j over images labelled j
+    others = np.where(np.arange(probs.shape[1]) == y[:, None], -1.0, probs)
+    suggested = others.argmax(1)  # the likeliest other class
+    margin = probs[np.arange(len(y)), suggested] - given
+    ranked = ranked[np.argsort(-margin[ranked], kind="stable")]  # the widest margin first
+    return [{**pool.item(i), "given_label": pool.class_names[int(y[i])],
+             "suggested_label": pool.class_names[int(suggested[i])],
+             "score": round(float(margin[i]), 4), "pool": int(i)} for i in ranked[:limit]]
+
+
+def _cleanlab_issues(y: np.ndarray, probs: np.ndarray) -> np.ndarray | None:
+    """Positions cleanlab flags."""
+    try:
+        from cleanlab.filter import find_label_issues  # optional: pip install cleanlab
+    except ImportError:
+        return None
+    if len(np.unique(y)) < 2 or len(y) < 2 * probs.shape[1]:
+        return None  # cleanlab's estimates need a few images of each class
+    return np.flatnonzero(find_label_issues(y, probs, filter_by="both", n_jobs=1))
+
+
+def _confident_issues(y: np.ndarray, probs: np.ndarray) -> np.ndarray:
+    """Confident learning by hand: an image is flagged when its probability of another class
+    reaches that class's threshold (the mean probability the model gives images labelled
+    with it) and beats its given label's; the widest margin first."""
+    k = probs.shape[1]
+    rows = np.arange(len(y))
+    given = probs[rows, y]
     thresholds = np.array([probs[y == j, j].mean() if (y == j).any() else 1.0 for j in range(k)])
     confident = np.where(probs >= thresholds, probs, -1.0)
     suggested = confident.argmax(1)
-    flagged = (confident.max(1) >= 0) & (suggested != y) & (probs[np.arange(len(y)), suggested]
-                                                          > given)
-    margin = probs[np.arange(len(y)), suggested] - given
-    order = [i for i in np.argsort(-margin, kind="stable") if flagged[i]][:limit]
-    return [{**pool.item(i), "given_label": pool.class_names[int(y[i])],
-             "suggested_label": pool.class_names[int(suggested[i])],
-             "score": round(float(margin[i]), 4), "pool": int(i)} for i in order]
+    flagged = (confident.max(1) >= 0) & (suggested != y) & (probs[rows, suggested] > given)
+    margin = probs[rows, suggested] - given
+    return np.array([i for i in np.argsort(-margin, kind="stable") if flagged[i]], dtype=int)
 
 
 def accuracy(pool: Pool, probs: np.ndarray) -> float:

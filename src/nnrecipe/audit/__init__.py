@@ -93,7 +93,7 @@ def publish(f: dict, pool: Pool, cfg: DictConfig, run_dir: Path, name: str | Non
     with clock("figures"):
         figs = report.make_figures(pool, f, run_dir / "figures", cfg.audit.max_shown, cfg.seed)
     f["timings"] = clock.seconds
-    f["peak_memory_mb"] = peak_memory_mb()
+    f["peak_memory_mb"] = {**peak_memory_mb(), "after_stage": clock.peak_mb}
     report.write_json(f, run_dir / "report.json")
     report.write_markdown(f, figs, run_dir / "report.md", cfg.audit.max_shown)
     with open_dict(cfg):
@@ -158,6 +158,7 @@ class Stopwatch:
 
     def __init__(self):
         self.seconds: dict[str, float] = {}
+        self.peak_mb: dict[str, int] = {}  # this process's peak resident memory after each
 
     @contextmanager
     def __call__(self, stage: str):
@@ -167,6 +168,7 @@ class Stopwatch:
             yield
         finally:
             self.seconds[stage] = round(time.perf_counter() - start, 3)
+            self.peak_mb[stage] = peak_memory_mb()["audit"]
             log.debug("audit: %s took %.1f s", stage, self.seconds[stage])
 
 

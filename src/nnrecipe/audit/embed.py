@@ -46,9 +46,11 @@ def project(pool, dims: int, side: int = 16, unit_rows: bool = False,
     components = principal_components(fit - mean, dims)
     del fit
     out = torch.empty(n, components.shape[1] if components is not None else len(mean))
+    mean = mean.float()  # the fit in float64, the projection in float32: 2-4x faster
+    components = components.float() if components is not None else None
     for rows, images in pool.blocks():
-        x = _features(images, side, unit_rows) - mean
-        out[rows] = (x @ components if components is not None else x).float()
+        x = _features(images, side, unit_rows).float() - mean
+        out[rows] = x @ components if components is not None else x
     return out
 
 

@@ -205,29 +205,39 @@ def _decode_chunk(job) -> dict:
 
 def _decode(path: Path, mode: str, size: int, thumb: int, stats: bool = True) -> dict:
     """One file as the audit needs it; raises when the file cannot be decoded. `stats`: the
-    pixel sums of training's view (the train split's mean/std)."""
+    pixel sums of training's view (the train split's mean/std). The pixels become an array
+    once: each PIL -> numpy conversion cost as much as the decoding of a 32x32 PNG."""
     from PIL import Image
 
     with Image.open(path) as im:
         im.load()
         stored_size, stored_mode = im.size, im.mode
-        im = im.convert(mode)  # as training reads it
-    pixels = np.asarray(im)
-    small = im if im.size == (thumb, thumb) else im.resize((thumb, thumb), Image.BOX)
+        pixels = np.asarray(im if im.mode == mode else im.convert(mode))  # as training reads
+    pixels = pixels.reshape(pixels.shape[0], pixels.shape[1], -1)
     out = {
-        "thumb": np.asarray(small, dtype=np.uint8).reshape(thumb, thumb, -1).transpose(2, 0, 1),
-        "hash": hashlib.blake2b(pixels.tobytes() + str(pixels.shape).encode(),
+        "thumb": _resized(pixels, thumb, Image.BOX).transpose(2, 0, 1),
+        "hash": hashlib.blake2b(pixels.tobytes() + str(pixels.shape[:2] if pixels.shape[2] == 1
+                                                       else pixels.shape).encode(),
                                 digest_size=16).hexdigest(),
         "range": (int(pixels.max()) - int(pixels.min())) / 255 if pixels.size else 0.0,
         "size": stored_size,
         "mode": stored_mode,
     }
     if stats:
-        view = im if im.size == (size, size) else im.resize((size, size), Image.BILINEAR)
-        view = np.asarray(view, dtype=np.float64).reshape(size * size, -1) / 255
+        view = _resized(pixels, size, Image.BILINEAR).reshape(size * size, -1) / 255.0
         out["sums"] = np.stack([np.full(view.shape[1], len(view)), view.sum(0),
                                 (view**2).sum(0)])
     return out
+
+
+def _resized(pixels: np.ndarray, side: int, method) -> np.ndarray:
+    """[H, W, C] uint8 at side x side (PIL's resampling, as training's transform)."""
+    if pixels.shape[:2] == (side, side):
+        return pixels
+    from PIL import Image
+
+    image = Image.fromarray(pixels[..., 0] if pixels.shape[2] == 1 else pixels)
+    return np.asarray(image.resize((side, side), method)).reshape(side, side, -1)
 
 
 def _unreadable(root: Path, path: Path, split: str, index: int, label: str,

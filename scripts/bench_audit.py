@@ -39,9 +39,9 @@ def audit(overrides: list[str], what: str) -> float:
         start = time.perf_counter()
         findings = run_audit(cfg, Path(out))
         seconds = time.perf_counter() - start
-    for stage, s in findings["timings"].items():
-        print(f"  {stage:<22} {s:6.1f} s")
     peak = findings["peak_memory_mb"]
+    for stage, s in findings["timings"].items():
+        print(f"  {stage:<22} {s:6.1f} s   peak memory so far {peak['after_stage'][stage]:6d} MB")
     print(f"audit of {what}: {seconds:.1f} s, peak memory {peak['audit']} MB "
           f"(largest decoding process {peak['largest_worker']} MB); "
           f"{torch.get_num_threads()} threads")

@@ -25,6 +25,7 @@ from nnrecipe import runtime
 
 log = logging.getLogger("nnrecipe.audit")
 PCA_SAMPLE = 20_000
+BLOCK = 4096  # images converted to float at a time (150 MB at 32x32 RGB, temporaries included)
 
 
 def embed(pool, dims: int = 64, side: int = 16, seed: int = 0) -> torch.Tensor:
@@ -39,16 +40,16 @@ def project(pool, dims: int, side: int = 16, unit_rows: bool = False,
     when `unit_rows`) on their top principal components, fitted on a sample of rows."""
     n = len(pool)
     rng = np.random.default_rng(seed)
-    sample = np.sort(rng.choice(n, PCA_SAMPLE, replace=False)) if n > PCA_SAMPLE else None
-    fit = _features(pool.images(sample if sample is not None else slice(None)), side,
-                    unit_rows)
+    sample = np.sort(rng.choice(n, PCA_SAMPLE, replace=False)) if n > PCA_SAMPLE else np.arange(n)
+    fit = torch.cat([_features(pool.images(sample[s:s + BLOCK]), side, unit_rows)
+                     for s in range(0, len(sample), BLOCK)])  # float pixels: a block at a time
     mean = fit.mean(0)
     components = principal_components(fit - mean, dims)
     del fit
     out = torch.empty(n, components.shape[1] if components is not None else len(mean))
     mean = mean.float()  # the fit in float64, the projection in float32: 2-4x faster
     components = components.float() if components is not None else None
-    for rows, images in pool.blocks():
+    for rows, images in pool.blocks(BLOCK):
         x = _features(images, side, unit_rows).float() - mean
         out[rows] = x @ components if components is not None else x
     return out
@@ -98,10 +99,10 @@ def nearest_neighbours(z: torch.Tensor, k: int = 5, block: int | None = None,
 
     Exact, by blocked matrix products: each block of rows against all rows, its top k kept;
     the block is sized so its similarity buffer stays near 128 MB whatever N. The work grows
-    as N^2 (50k images: ~45 s on 2 loaded cores, 200k: ~12 min), so above `exact_max` rows
+    as N^2 (50k images: 39 s on 2 loaded cores, 200k: ~10 min), so above `exact_max` rows
     FAISS's inverted-file index searches `probes` of its 2 sqrt(N) cells per query instead
-    (~1% of the pairs; every true nearest neighbour found on clustered data), when faiss is
-    installed.
+    (50k: 5.4 s, the true nearest neighbour found for all; scripts/bench_audit.py
+    neighbours), when faiss is installed.
     """
     if exact_max is not None and len(z) > exact_max:
         logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # its CPU-feature probing

@@ -31,7 +31,7 @@ def robust_z(values: np.ndarray) -> np.ndarray:
 
 def pool_stats(pool: Pool) -> np.ndarray:
     """image_stats of the whole pool, block by block (the thumbnails stay uint8)."""
-    return np.concatenate([image_stats(images) for _, images in pool.blocks()]) if len(
+    return np.concatenate([image_stats(images) for _, images in pool.blocks(4096)]) if len(
         pool) else np.zeros((0, 3 * pool.thumbs.shape[1]))
 
 

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from conftest import ROOT
@@ -217,3 +218,11 @@ def test_command_writes_report_into_its_hydra_run_folder(tmp_path):
     assert len(report["channel_mean"]) == 3 and report["splits"]["test"]["size"] == 45
     assert (out / "report.md").read_text().startswith("# Data audit")
     assert "mean: [" in proc.stderr + proc.stdout  # ready to paste into a data config
+
+
+def test_outlier_statistics_of_uint8_thumbnails_equal_the_float_ones():
+    from nnrecipe.audit.outliers import _uint8_stats, image_stats
+
+    x8 = torch.randint(0, 256, (50, 3, 12, 10), dtype=torch.uint8,
+                       generator=torch.Generator().manual_seed(0))
+    assert np.allclose(_uint8_stats(x8), image_stats(x8.float() / 255), atol=1e-5)

@@ -226,3 +226,15 @@ def test_outlier_statistics_of_uint8_thumbnails_equal_the_float_ones():
     x8 = torch.randint(0, 256, (50, 3, 12, 10), dtype=torch.uint8,
                        generator=torch.Generator().manual_seed(0))
     assert np.allclose(_uint8_stats(x8), image_stats(x8.float() / 255), atol=1e-5)
+
+
+def test_the_label_model_fits_on_a_sample_of_a_large_pool_and_predicts_every_image(audit_cfg):
+    from nnrecipe.audit.labels import accuracy, out_of_fold_probs
+    from nnrecipe.audit.pool import build_pool
+    from nnrecipe.data import build_data
+
+    cfg = audit_cfg()
+    pool = build_pool(build_data(cfg.data, 0, "cpu"), 32, False)  # the digits
+    probs = out_of_fold_probs(pool, fit_max=600)
+    assert probs.shape == (len(pool), 10) and np.allclose(probs.sum(1), 1, atol=1e-5)
+    assert accuracy(pool, probs) > 0.85

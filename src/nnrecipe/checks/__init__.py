@@ -144,13 +144,14 @@ def _run_checks(model, data, cfg, run_dir, make_optimizer, augment, loss_fn, see
     n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
     n_steps = cfg.steps if n_params <= cfg.large_model_params else cfg.large_model_steps
     plan = full_plan(cfg, size, n_steps)
-    first_val = _batches(data.val, size, 1, device)[0][0]  # the rest once the plan is known
+    # val as the data check compares it with train (more once the trainings' plan is known)
+    first_val = _batches(data.val, max(size, COMPARED_VAL), 1, device)[0][0]
     picture = Path(run_dir) / "batch.png" if run_dir is not None else None
     expected, why = expected_init_loss(model, data.train.labels, n)
     state: dict = {}  # what the training checks share: the plan, the batches, the scores
 
     def prepare() -> None:
-        """After the quick checks: time one step, size the trainings, draw their batches."""
+        """After the quick checks: time one step on a copy, size the training checks."""
         budget = cfg.get("budget_s")
         probe = slice(0, min(len(x), PROBE_SAMPLES))  # small: the probe's time is spent too
         per_sample = (seconds_per_sample(model, make_optimizer, x[probe], y[probe], loss_fn)
@@ -244,6 +245,7 @@ def _run_checks(model, data, cfg, run_dir, make_optimizer, augment, loss_fn, see
 
 
 PROBE_SAMPLES = 8
+COMPARED_VAL = 128  # val samples whose statistics data_batch compares with the train batch
 BUDGET_MARKS = ("shortened to fit checks.budget_s", "stopped at the time budget")
 
 

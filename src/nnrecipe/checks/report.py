@@ -83,13 +83,17 @@ def timed_check(name: str):
         @functools.wraps(fn)
         def wrapper(*args, seed: int = 0, **kwargs) -> CheckResult:
             start = time.perf_counter()
+            oom = False
             with preserved_rng(seed):
                 try:
                     result = fn(*args, **kwargs)
                 except Exception as e:  # a check that crashes is itself a finding
-                    result = (out_of_memory(name, e) if is_out_of_memory(e) else
+                    oom = is_out_of_memory(e)
+                    result = (out_of_memory(name, e) if oom else
                               CheckResult(name, FAIL, f"raised {type(e).__name__}",
                                           "runs without error", f"{type(e).__name__}: {e}"))
+            if oom:  # here the traceback (and the copy its frames hold) is gone: free it
+                _free_memory()
             result.seconds = time.perf_counter() - start
             return result
 
@@ -107,19 +111,24 @@ def is_out_of_memory(e: BaseException) -> bool:
 def out_of_memory(name: str, e: BaseException) -> CheckResult:
     """A WARN, never a FAIL: the check's copy (and its optimizer state) did not fit next to the
     user's model; training itself holds one model, and may fit."""
-    import gc
-
     needed = _memory_needed(str(e))
-    gc.collect()  # the failed check's tensors: freed before the next check runs
     peak = ""
     if torch.cuda.is_available():
         peak = f", peak {_bytes(torch.cuda.max_memory_allocated())} allocated on the GPU"
-        torch.cuda.empty_cache()
     return CheckResult(
         name, WARN, f"out of memory: needed {needed}{peak}", "fits in memory",
         f"{name} ran out of memory (it needed {needed} more; it trains a copy of the model "
         f"with its own optimizer state beside yours): not checked. Training holds no such "
         f"copy, but if it runs out too, lower data.batch_size or use a smaller model")
+
+
+def _free_memory() -> None:
+    """The failed check's tensors, freed before the next check runs."""
+    import gc
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def _memory_needed(message: str) -> str:
@@ -134,11 +143,13 @@ def _memory_needed(message: str) -> str:
 
 
 def _bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.2f} {unit}" if unit != "B" else f"{int(n)} B"
+    if n < 1024:
+        return f"{int(n)} B"
+    for unit in ("KiB", "MiB", "GiB"):
         n /= 1024
-    return f"{n:.2f} TiB"
+        if n < 1024 or unit == "GiB":
+            break
+    return f"{n:.2f} {unit}"
 
 
 @dataclass

@@ -79,23 +79,29 @@ def test_at_most_one_copy_of_the_model_besides_the_users():
 class OutOfMemoryWhenTraining(nn.Module):
     """Fits for inference, not for training: what a big model on a small GPU does."""
 
-    def __init__(self):
+    def __init__(self, error: Exception):
         super().__init__()
         self.net = ConvNet(10, 1)
+        self.error = error
 
     def forward(self, x):
         if self.training and torch.is_grad_enabled():
-            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB "
-                                         "(GPU 0; 7.79 GiB total capacity)")
+            raise self.error
         return self.net(x)
 
 
-def test_out_of_memory_in_a_check_is_a_warn_naming_the_check_and_the_memory():
-    report = preflight(OutOfMemoryWhenTraining(), strict=True)  # would raise on a FAIL
+@pytest.mark.parametrize(("error", "needed"), [
+    (torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; 7.79 GiB "
+                            "total capacity)"), "2.00 GiB"),
+    (RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate "
+                  "memory: you tried to allocate 3221225472 bytes. Error code 12"), "3.00 GiB"),
+], ids=["cuda", "cpu"])
+def test_out_of_memory_in_a_check_is_a_warn_naming_the_check_and_the_memory(error, needed):
+    report = preflight(OutOfMemoryWhenTraining(error), strict=True)  # would raise on a FAIL
     short = [r for r in report.results if r.status == WARN]
     assert {r.name for r in short} >= {"gradient_flow", *TRAININGS}
     for r in short:
-        assert r.message.startswith(f"{r.name} ran out of memory") and "2.00 GiB" in r.message
+        assert r.message.startswith(f"{r.name} ran out of memory") and needed in r.message
     assert not report.failures
     assert report["output_shape"].status == PASS  # inference fits: those checks still ran
 

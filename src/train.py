@@ -4,8 +4,9 @@
     python src/train.py model=mlp optimizer=sgd optimizer.lr=0.1
     python src/train.py -m hparams_search=random         # a random-search sweep
 
-Returns the objective (`objective`: the best epoch's val/loss, or its val/acc) that Hydra's
-sweepers optimise; a sweep's trial also leaves metrics.json for scripts/compare_runs.py.
+Returns the objective (`objective`: a val metric of the task, e.g. val/loss or val/acc, at the
+epoch with the lowest val/loss) that Hydra's sweepers optimise; a sweep's trial also leaves
+metrics.json for scripts/compare_runs.py.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from nnrecipe.sweeps import (
     objective_value,
     write_metrics,
 )
+from nnrecipe.tasks import build_task, prepare_targets
 from nnrecipe.tracking import run_identity, start_tracking
 
 log = logging.getLogger("nnrecipe")
@@ -53,8 +55,9 @@ def train(cfg: DictConfig, run_dir: Path, identity: dict | None = None) -> float
     runtime.seed_everything(cfg.seed)
     runtime.set_threads(cfg.trainer.num_threads)
     torch.set_float32_matmul_precision("high")  # TF32 matmuls on GPUs that have them: any launcher
+    task = build_task(cfg.task)  # loss, metrics, init expectations (conf/task/)
     objective = cfg.get("objective", "val/loss")
-    objective_direction(objective)  # a bad objective fails before any work
+    objective_direction(objective, task)  # a bad objective fails before any work
     device = runtime.pick_device(cfg.trainer.device)
 
     # The W&B run starts first, so that a run failing anywhere below is a failed W&B run.
@@ -63,11 +66,12 @@ def train(cfg: DictConfig, run_dir: Path, identity: dict | None = None) -> float
     try:
         # Build: one object per config group.
         data = build_data(cfg.data, cfg.seed, device)
+        prepare_targets(task, data)  # targets as the loss sees them (standardised regression)
         config = OmegaConf.to_container(cfg, resolve=True)
         tracker.update_config(config)  # with the values found while loading the data
         example, _ = next(iterate_batches(data.train, 2, device=device))
-        model = build_model(cfg.model, example, data.num_classes)
-        init_head_bias(model, data.train.labels, data.num_classes, cfg.init.head_bias)
+        model = build_model(cfg.model, example, data.num_classes, task)
+        init_head_bias(model, data.train.labels, data.num_classes, cfg.init.head_bias, task)
         optimizer = build_optimizer(cfg.optimizer, model)
         steps_per_epoch = num_batches(data.train, data.batch_size)
         schedule = Schedule(cfg.schedule, optimizer, steps_per_epoch, cfg.trainer.max_epochs)
@@ -83,7 +87,8 @@ def train(cfg: DictConfig, run_dir: Path, identity: dict | None = None) -> float
         # Recipe step 2: sanity checks on copies; a FAIL raises PreflightFailed (a UserError).
         report = run_preflight(model, data, cfg.checks, run_dir, tracker, seed=cfg.seed,
                                make_optimizer=lambda m: build_optimizer(cfg.optimizer, m),
-                               augment=augment, head_bias_requested=cfg.init.head_bias == "prior")
+                               augment=augment, head_bias_requested=cfg.init.head_bias == "prior",
+                               task=task)
         if cfg.checks.only:  # no objective: a sweeper records such a trial as failed
             write_metrics(run_dir, "checked", checks={r.name: r.status for r in report.results})
             tracker.finish()
@@ -91,7 +96,7 @@ def train(cfg: DictConfig, run_dir: Path, identity: dict | None = None) -> float
         dynamics = prediction_dynamics(model, data, cfg.checks, untrained=resume is None)
         state = fit(model, optimizer, schedule, data, cfg.trainer, tracker, checkpoints,
                     seed=cfg.seed, augment=augment, resume=resume, config=config,
-                    dynamics=dynamics)
+                    dynamics=dynamics, task=task)
         save_dynamics(dynamics, run_dir, tracker, state.step)
         if state.best_epoch < 0:
             raise Diverged("no epoch reached a finite val/loss: lower optimizer.lr or check the "
@@ -101,25 +106,29 @@ def train(cfg: DictConfig, run_dir: Path, identity: dict | None = None) -> float
         if (checkpoints / "best.pt").exists():
             model.load_state_dict(load_checkpoint(checkpoints / "best.pt")["model"])
         test = evaluate(model, data.test, cfg.trainer.eval_batch_size, cfg.trainer.precision,
-                        data.num_workers)
-        tracker.log({"test/loss": test["loss"], "test/acc": test["acc"]}, step=state.step)
-        summary = {"best/val_loss": state.best_val_loss, "best/val_acc": state.best_val_acc,
-                   "best/epoch": state.best_epoch, "test/loss": test["loss"],
-                   "test/acc": test["acc"]}
+                        data.num_workers, task)
+        test = {f"test/{m}": v for m, v in test.items()}
+        tracker.log(test, step=state.step)
+        summary = {"best/val_loss": state.best_val_loss, "best/epoch": state.best_epoch,
+                   # "at_best_loss": the epoch chosen by val/loss, not each metric's own best
+                   **{f"best/val_{m}_at_best_loss": v for m, v in state.best_val.items()
+                      if m != "loss"}, **test}
         tracker.summary(summary)
-        value = objective_value(objective, state.best_val_loss, state.best_val_acc)
+        value = objective_value(objective, state.best_val, task)
     except BaseException as e:
         write_metrics(run_dir, "failed", error=f"{type(e).__name__}: {e}")
         tracker.finish(failed=True)
         raise
     write_metrics(run_dir, "finished", objective=value, summary=summary, history=state.history)
     tracker.finish()
-    trial = (f"{(identity or {}).get('name', run_dir.name)}: val/loss {state.best_val_loss:.4f}"
-             f"  val/acc {state.best_val_acc:.4f}  test/acc {test['acc']:.4f}  (best epoch "
-             f"{state.best_epoch}/{state.epoch})")  # a sweep's console shows only this line
-    log.info("best epoch %d/%d: val/loss %.4f  val/acc %.4f", state.best_epoch, state.epoch,
-             state.best_val_loss, state.best_val_acc, extra={SWEEP_LINE: trial})
-    log.info("test (best.pt): test/loss %.4f  test/acc %.4f", test["loss"], test["acc"])
+    primary = task.primary_metric()
+    val_line = "  ".join(f"val/{m} {v:.4f}" for m, v in state.best_val.items())
+    trial = (f"{(identity or {}).get('name', run_dir.name)}: {val_line}  test/{primary} "
+             f"{test[f'test/{primary}']:.4f}  (best epoch {state.best_epoch}/{state.epoch})")
+    # a sweep's console shows only the trial line
+    log.info("best epoch %d/%d: %s", state.best_epoch, state.epoch, val_line,
+             extra={SWEEP_LINE: trial})
+    log.info("test (best.pt): %s", "  ".join(f"{k} {v:.4f}" for k, v in test.items()))
     log.info("run folder: %s", run_dir)
     return value
 

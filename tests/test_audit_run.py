@@ -165,7 +165,7 @@ def test_checkpoint_adds_the_models_view(run_train, audit_cfg, tmp_path):
     view = f["model"]
     assert view["checkpoint"].endswith("best.pt")
     # same splits, normalisation and weights as training: the same validation accuracy
-    assert view["accuracy"]["val"] == pytest.approx(best["fit_state"]["best_val_acc"], abs=1e-3)
+    assert view["accuracy"]["val"] == pytest.approx(best["fit_state"]["best_val"]["acc"], abs=1e-3)
     val = torch.tensor(view["confusion_matrix"]["val"])
     assert val.sum() == f["splits"]["val"]["size"]
     assert val.diagonal().sum() / val.sum() == pytest.approx(view["accuracy"]["val"], abs=1e-3)
@@ -190,7 +190,7 @@ def test_checkpoint_view_uses_the_checkpoints_splits_not_the_audits(run_train, a
     best = load_checkpoint(run_dir / "checkpoints" / "best.pt")
     f = run_audit(audit_cfg(f"checkpoint={run_dir}"), tmp_path / "audit")  # seed 0, val 0.15
     assert f["splits"]["val"]["size"] == round(0.3 * 1797)
-    assert f["model"]["accuracy"]["val"] == pytest.approx(best["fit_state"]["best_val_acc"],
+    assert f["model"]["accuracy"]["val"] == pytest.approx(best["fit_state"]["best_val"]["acc"],
                                                           abs=1e-3)
 
 

@@ -171,6 +171,13 @@ CATALOG = [
     bad("head-too-small", "model=linear", "model.num_classes=5", says="outputs [2, 5]"),
     bad("custom-model-not-importable", "model=custom", "model._target_=nopkg.Net",
         says="could not build model"),
+    bad("init-from-missing", "model.init_from={tmp}/no/such/run", says="does not exist"),
+    bad("init-from-another-model", "model.init_from={run}", says="another architecture"),
+    bad("spatial-dropout-above-1", "model.spatial_dropout=1.5",
+        says="model.spatial_dropout=1.5 must be in [0, 1)"),
+    bad("freeze-negative", "model.freeze_epochs=-1", says="model.freeze_epochs=-1 must be >= 0"),
+    bad("pretrained-file-missing", "model=timm", "model.name=test_resnet",
+        "model.pretrained_file={tmp}/none.pth", says="pretrained_file="),
     # checkpoints
     bad("resume-missing", "trainer.resume={tmp}/no/such/last.pt", says="does not exist"),
     bad("resume-garbage", "trainer.resume={file}", make=garbage_checkpoint, says="unreadable"),
@@ -180,6 +187,20 @@ CATALOG = [
     # checks
     bad("unknown-check-skipped", "checks=default", "checks.skip=[leakagee]",
         says="unknown checks ['leakagee']"),
+    # tasks and tables
+    bad("task-and-data-disagree", "data=diabetes", "task=classification",
+        says="holds values targets but task=classification learns classes: use task=regression"),
+    bad("objective-of-another-task", "data=diabetes", "objective=val/acc",
+        says="not a metric of task regression: use one of val/loss, val/mae"),
+    bad("regression-loss-unknown", "data=diabetes", "task.loss=mae",
+        says="task.loss=mae must be mse, huber or l1"),
+    bad("multilabel-threshold", "data=digits_multilabel", "task.threshold=1.5",
+        says="task.threshold=1.5 must be in (0, 1)"),
+    bad("mixup-on-regression", "data=diabetes", "augmentation=mixup",
+        says="augmentation=mixup (mixup/cutmix) mixes class labels"),
+    bad("table-without-path", "data=tabular", "data.target=y", says="data.path must be set"),
+    bad("table-missing", "data=tabular", "data.path={tmp}/no.csv", "data.target=y",
+        says="no such file"),
 ]
 
 

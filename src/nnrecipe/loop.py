@@ -8,7 +8,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import nn
 from tqdm.auto import tqdm
@@ -18,6 +17,7 @@ from nnrecipe.checkpoint import Checkpointer
 from nnrecipe.data import DataBundle, iterate_batches, num_batches
 from nnrecipe.errors import UserError
 from nnrecipe.optim import Schedule
+from nnrecipe.tasks import Classification, Task, add_stats
 from nnrecipe.tracking import Tracker
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -34,7 +34,7 @@ class FitState:
     epoch: int = 0              # epochs completed
     step: int = 0               # optimizer steps taken
     best_val_loss: float = math.inf
-    best_val_acc: float = 0.0
+    best_val: dict = field(default_factory=dict)  # every val metric of the best epoch
     best_epoch: int = -1
     bad_epochs: int = 0         # epochs since the last improvement (early stopping)
     history: list[dict] = field(default_factory=list)  # one dict of metrics per epoch
@@ -50,20 +50,20 @@ def autocast(device: torch.device, precision: str):
 
 @torch.no_grad()
 def evaluate(model: nn.Module, split, batch_size: int, precision: str = "fp32",
-             num_workers: int = 0) -> dict[str, float]:
-    """Mean cross-entropy and accuracy of `model` over the whole split, in eval mode."""
+             num_workers: int = 0, task: Task | None = None) -> dict[str, float]:
+    """The task's metrics (val/loss, val/acc ... ) of `model` over the whole split, in eval mode:
+    per-batch sums (task.batch_stats) added up, then turned into metrics."""
+    task = task or Classification()
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
-    loss_sum = torch.zeros((), device=device)
-    correct = torch.zeros((), device=device, dtype=torch.long)
+    sums = None  # summed stats: what ranks would all-reduce
     for x, y in iterate_batches(split, batch_size, device=device, num_workers=num_workers):
         with autocast(device, precision):
-            logits = model(x)
-        loss_sum += F.cross_entropy(logits.float(), y, reduction="sum")
-        correct += (logits.argmax(1) == y).sum()
+            outputs = model(x)
+        sums = add_stats(sums, task.batch_stats(outputs, y))
     model.train(was_training)
-    return {"loss": loss_sum.item() / len(split), "acc": correct.item() / len(split)}
+    return task.metrics(sums)
 
 
 def fit(
@@ -79,13 +79,16 @@ def fit(
     resume: dict | None = None,
     config: dict | None = None,
     dynamics=None,
+    task: Task | None = None,
 ) -> FitState:
     """Train for trainer.max_epochs, evaluating on the whole validation split after each epoch.
 
     Checkpoints (see Checkpointer): `last.pt` every trainer.checkpoint_every_s seconds and at
     the end, `best.pt` the epoch with the best val/loss.
     `dynamics`: a checks.PredictionDynamics (or None) that records predictions each epoch.
+    `task`: loss and metrics (nnrecipe.tasks; None: classification).
     """
+    task = task or Classification()
     device = next(model.parameters()).device
     net = torch.compile(model) if trainer.compile else model
     scaler = torch.amp.GradScaler(device.type, enabled=trainer.precision == "fp16")
@@ -111,7 +114,7 @@ def fit(
             if augment is not None:
                 x, y = augment(x, y)
             with autocast(device, precision):
-                loss = F.cross_entropy(net(x), y)
+                loss = task.loss(net(x), y)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             if clip_norm:
@@ -129,7 +132,7 @@ def fit(
         _log_train_losses(pending, tracker, epoch, optimizer)
 
         val = evaluate(model, data.val, trainer.eval_batch_size, trainer.precision,
-                       data.num_workers)
+                       data.num_workers, task)
         schedule.epoch_end(val["loss"])
         state.epoch = epoch + 1
         if dynamics is not None:  # eval mode, no grad: draws no random numbers
@@ -140,12 +143,12 @@ def fit(
         state.bad_epochs = 0 if progress else state.bad_epochs + 1
         improved = val["loss"] < state.best_val_loss
         if improved:
-            state.best_val_loss, state.best_val_acc = val["loss"], val["acc"]
+            state.best_val_loss, state.best_val = val["loss"], dict(val)
             state.best_epoch = state.epoch
-        metrics = {"epoch": state.epoch, "val/loss": val["loss"], "val/acc": val["acc"]}
+        metrics = {"epoch": state.epoch, **{f"val/{m}": v for m, v in val.items()}}
         state.history.append(metrics)
         tracker.log(metrics, step=state.step)
-        bar.set_postfix({"val/loss": f"{val['loss']:.4f}", "val/acc": f"{val['acc']:.4f}"})
+        bar.set_postfix({f"val/{m}": f"{v:.4f}" for m, v in val.items()})
 
         stop = patience is not None and state.bad_epochs >= patience
         if saver is not None:
@@ -199,4 +202,7 @@ def _restore(ckpt: dict, model, optimizer, schedule, scaler, shuffle) -> FitStat
     scaler.load_state_dict(ckpt["scaler"])
     runtime.set_rng_state(ckpt["rng"])
     shuffle.set_state(ckpt["shuffle_rng"])
-    return FitState(**ckpt["fit_state"])
+    state = dict(ckpt["fit_state"])
+    if "best_val_acc" in state:  # written before the task group: val metrics were loss and acc
+        state["best_val"] = {"loss": state["best_val_loss"], "acc": state.pop("best_val_acc")}
+    return FitState(**state)

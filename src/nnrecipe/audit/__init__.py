@@ -37,6 +37,11 @@ def run_audit(cfg: DictConfig, run_dir: Path, name: str | None = None) -> dict:
     clock = Stopwatch()
     with clock("read data"):
         data = build_data(cfg.data, trained[2] if trained else cfg.seed, "cpu")
+    classes = data.targets == "classes"
+    if not classes:  # regression / multi-label: what applies, and what it skipped
+        from nnrecipe.audit.targets import audit_targets
+
+        return audit_targets(data, cfg.audit.outlier_score, cfg.audit.max_shown, Path(run_dir))
     with clock("decode images"):
         pool = build_pool(data, cfg.audit.thumb_size, bool(cfg.trainer.progress))
     log.info("audit: %d images in %d classes", len(pool), len(pool.class_names))

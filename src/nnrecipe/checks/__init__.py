@@ -33,7 +33,13 @@ from nnrecipe.checks.dependencies import (
     locate_nonfinite,
 )
 from nnrecipe.checks.dynamics import PredictionDynamics
-from nnrecipe.checks.init import check_init_well, check_loss_at_init, expected_init_loss
+from nnrecipe.checks.init import (
+    check_init_well,
+    check_init_well_task,
+    check_loss_at_init,
+    expected_init_loss,
+    expected_init_loss_task,
+)
 from nnrecipe.checks.report import (
     FAIL,
     PASS,
@@ -73,13 +79,18 @@ def run_preflight(
     loss_fn: Callable = F.cross_entropy,
     seed: int = 0,
     head_bias_requested: bool = True,
+    task=None,
 ) -> Report:
     """Run every check (cfg: conf/checks), print the table, write checks.json, log to W&B.
 
+    `task` (nnrecipe.tasks; None: classification with `loss_fn`): the loss, the loss expected at
+    init, the head's "init well" constant and the output contract come from it.
+
     Raises PreflightFailed when a check fails and cfg.strict (or cfg.only) is set; a UserError,
-    checks on or off, when the data has a single class (a classifier learns nothing from it).
+    checks on or off, when classification data has a single class (nothing to learn from it).
     """
-    require_two_classes(data)
+    if task is None or task.targets == "classes":
+        require_two_classes(data)
     check_skip_names(cfg.get("skip"))
     if not cfg.enabled:
         return Report([])
@@ -88,7 +99,7 @@ def run_preflight(
     with runtime.threads(_threads(cfg) if on_cpu else None), preserved_rng(seed=None):
         # whatever the checks draw, the global RNG stream is restored afterwards
         results = _run_checks(model, data, cfg, run_dir, make_optimizer, augment, loss_fn,
-                              seed, head_bias_requested)
+                              seed, head_bias_requested, task)
     report = Report(results, budget_s=cfg.get("budget_s"),
                     wall_s=time.perf_counter() - started)
     table = report.table()  # in a sweep's console: its last line, the summary, and what failed
@@ -129,7 +140,7 @@ def _threads(cfg) -> int:
 
 
 def _run_checks(model, data, cfg, run_dir, make_optimizer, augment, loss_fn, seed,
-                head_bias_requested) -> list[CheckResult]:
+                head_bias_requested, task=None) -> list[CheckResult]:
     started = time.perf_counter()
     device = next(model.parameters()).device
     skip = set(cfg.get("skip") or [])
@@ -147,7 +158,13 @@ def _run_checks(model, data, cfg, run_dir, make_optimizer, augment, loss_fn, see
     # val as the data check compares it with train (more once the trainings' plan is known)
     first_val = _batches(data.val, max(size, COMPARED_VAL), 1, device)[0][0]
     picture = Path(run_dir) / "batch.png" if run_dir is not None else None
-    expected, why = expected_init_loss(model, data.train.labels, n)
+    classes = task is None or task.targets == "classes"  # class-specific checks and messages
+    if task is not None:
+        loss_fn = task.plain_loss
+    if classes:
+        expected, why = expected_init_loss(model, data.train.labels, n)
+    else:
+        expected, why = expected_init_loss_task(model, task, data.train.labels, n)
     state: dict = {}  # what the training checks share: the plan, the batches, the scores
 
     def prepare() -> None:
@@ -181,7 +198,7 @@ def _run_checks(model, data, cfg, run_dir, make_optimizer, augment, loss_fn, see
         return check_overfit_one_batch(
             model, x[:k], y[:k], make_optimizer, loss_fn, steps=state["plan"].overfit_steps,
             target=cfg.overfit_loss, warn_ratio=cfg.overfit_warn_ratio,
-            patience=cfg.overfit_patience, seed=seed, **sized)
+            patience=cfg.overfit_patience, reference=expected, seed=seed, **sized)
 
     def decreases() -> CheckResult:
         sized = training("loss_decreases")
@@ -211,12 +228,15 @@ def _run_checks(model, data, cfg, run_dir, make_optimizer, augment, loss_fn, see
             std_warn=tuple(cfg.input_std_warn), std_fail=tuple(cfg.input_std_fail),
             picture=picture, denormalize=data.denormalize if data.mean else None,
             class_names=data.class_names, others={"val": first_val},
-            train_labels=data.train.labels, seed=seed),
+            train_labels=data.train.labels, classes=classes, seed=seed,
+            reference=data.train.x if data.in_memory and data.image_size == 1 else None),
         "leakage": lambda: check_leakage(data.splits, fail_fraction=cfg.leak_fail_fraction,
                                          seed=seed),
-        "output_shape": lambda: check_output_shape(model, x, n, seed=seed),
-        "init_well": lambda: check_init_well(model, data.train.labels, n,
-                                             requested=head_bias_requested, seed=seed),
+        "output_shape": lambda: check_output_shape(model, x, n, task=task, seed=seed),
+        "init_well": (lambda: check_init_well(model, data.train.labels, n,
+                                              requested=head_bias_requested, seed=seed))
+        if classes else (lambda: check_init_well_task(model, task, data.train.labels, n,
+                                                      requested=head_bias_requested, seed=seed)),
         "loss_at_init": lambda: check_loss_at_init(
             model, _batches(data.train, size, cfg.init_batches, device, seed + 1),
             expected, why, loss_fn, warn_excess=cfg.init_loss_warn,
@@ -268,8 +288,9 @@ def prediction_dynamics(model: nn.Module, data: DataBundle, cfg,
     """The recorder fit() calls once per epoch, on the first val samples, with the untrained
     model's predictions as epoch 0 (not for a resumed run: `model` is not yet restored);
     None when off."""
-    if not (cfg.enabled and cfg.prediction_dynamics):
-        return None
+    if not (cfg.enabled and cfg.prediction_dynamics) or getattr(data, "targets",
+                                                                 "classes") != "classes":
+        return None  # p(class) per epoch: a picture of classification only
     device = next(model.parameters()).device
     x, y = _batches(data.val, cfg.dynamics_samples, 1, device)[0]
     dynamics = PredictionDynamics(x, y, data.class_names)
@@ -290,9 +311,10 @@ def save_dynamics(dynamics: PredictionDynamics | None, run_dir: Path, tracker, s
 __all__ = [
     "CHECKS", "FAIL", "PASS", "SKIP", "WARN", "CheckResult", "PredictionDynamics",
     "PreflightFailed", "Report", "adam", "check_batch_independence", "check_data_batch",
-    "check_eval_determinism", "check_gradient_flow", "check_init_well",
+    "check_eval_determinism", "check_gradient_flow", "check_init_well", "check_init_well_task",
     "check_input_independent_baseline", "check_leakage", "check_loss_at_init",
     "check_loss_decreases", "check_output_shape", "check_overfit_one_batch",
-    "expected_init_loss", "locate_nonfinite", "optimizer_like", "prediction_dynamics",
+    "expected_init_loss", "expected_init_loss_task", "locate_nonfinite", "optimizer_like",
+    "prediction_dynamics",
     "run_preflight", "save_dynamics", "train_copy",
 ]

@@ -72,7 +72,8 @@ def train_copy(model: nn.Module, make_optimizer: Callable, batches: Sequence[Bat
 @torch.no_grad()
 def eval_loss(model: nn.Module, batches: Sequence[Batch], loss_fn: Callable = F.cross_entropy,
               zero_inputs: bool = False) -> tuple[float, float]:
-    """Mean loss and accuracy in eval mode (the model's mode is restored)."""
+    """Mean loss and accuracy in eval mode (the model's mode is restored); accuracy is NaN for
+    targets that are not classes (regression values, multi-label rows)."""
     was_training = model.training
     model.eval()
     total, correct, n = 0.0, 0, 0
@@ -80,7 +81,12 @@ def eval_loss(model: nn.Module, batches: Sequence[Batch], loss_fn: Callable = F.
         x = torch.zeros_like(x) if zero_inputs else x
         logits = model(x).float()
         total += loss_fn(logits, y).item() * len(x)
-        correct += (logits.argmax(1) == (y if y.ndim == 1 else y.argmax(1))).sum().item()
+        if not y.is_floating_point():
+            correct += (logits.argmax(1) == y).sum().item()
+        elif y.ndim == 2 and logits.shape == y.shape and y.sum(1).allclose(y.new_ones(len(y))):
+            correct += (logits.argmax(1) == y.argmax(1)).sum().item()  # soft class targets
+        else:
+            correct = math.nan
         n += len(x)
     model.train(was_training)
     return total / max(1, n), correct / max(1, n)
@@ -91,14 +97,18 @@ def check_overfit_one_batch(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
                             make_optimizer: Callable = adam, loss_fn: Callable = F.cross_entropy,
                             steps: int = 1000, target: float = 0.2,
                             warn_ratio: float = 0.5, patience: int = 50,
+                            reference: float | None = None,
                             shortened: str = "", deadline: float | None = None) -> CheckResult:
     """A copy trained on one small batch must drive its loss below `target` within `steps`.
 
     Stops at the target, or when the loss (mean of 10 steps) has not improved by 1% over the
     last `patience` steps: a dead or wild optimizer does not get the whole budget. The loss
     counted is the lower of the last training-mode loss and the eval-mode loss, so dropout's
-    noise does not hide a batch that is in fact memorised. `shortened`: what the time budget
-    took from the check (then running out of steps is a WARN, not a FAIL).
+    noise does not hide a batch that is in fact memorised. `reference`: the loss expected at
+    init (a constant output's); "learns" (WARN, not FAIL) means below warn_ratio of the lower
+    of it and the first loss, so a squashed output's inflated first loss does not count.
+    `shortened`: what the time budget took from the check (then running out of steps while
+    learning is a WARN, not a FAIL).
     """
     name = "overfit_one_batch"
     expected = f"loss < {target:g} within {steps} steps on {len(x)} samples"
@@ -128,7 +138,8 @@ def check_overfit_one_batch(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
                            "in the model (see gradient_flow)", **result)
     if final < target:
         return CheckResult(name, PASS, measured, expected, cut, **result)
-    if final < warn_ratio * losses[0] or (cut and final < losses[0]):
+    start = losses[0] if reference is None else min(losses[0], reference)
+    if final < warn_ratio * start or (cut and final < start):
         return CheckResult(name, WARN, measured, expected, _joined(
             "learns but cannot memorise one batch in the budget: learning rate low, strong "
             "regularisation, or the model too small" if not cut else
@@ -230,8 +241,9 @@ def check_input_independent_baseline(model: nn.Module, batches: Sequence[Batch],
     del zero_model
     learned, gain = (zero_loss - train_loss) / zero_loss, (zero_loss - real_loss) / zero_loss
     carry = gain / learned if learned > 0 else math.nan
-    measured = (f"val loss {real_loss:.3f} (acc {real_acc:.2f}) vs zero-input {zero_loss:.3f} "
-                f"(acc {zero_acc:.2f}): {gain:+.0%}; train {-learned:+.0%}, carried {carry:.0%}")
+    acc = (lambda a: f" (acc {a:.2f})" if math.isfinite(a) else "")  # noqa: E731
+    measured = (f"val loss {real_loss:.3f}{acc(real_acc)} vs zero-input {zero_loss:.3f}"
+                f"{acc(zero_acc)}: {gain:+.0%}; train {-learned:+.0%}, carried {carry:.0%}")
     weak = WARN if shortened else FAIL
     if not math.isfinite(gain) or not learned >= min_learned:
         return CheckResult(name, weak if math.isfinite(gain) else FAIL, measured, expected,

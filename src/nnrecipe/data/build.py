@@ -21,7 +21,8 @@ def build_data(cfg: DictConfig, seed: int, device: torch.device | str = "cpu") -
     bundle: DataBundle = instantiate(cfg, "data", seed=seed)
     bundle.batch_size = cfg.batch_size
     bundle.num_workers = min(cfg.get("num_workers", 0) or 0, runtime.cores())
-    _check_labels(bundle, cfg.get("num_classes"))
+    if bundle.targets == "classes":  # regression values / multi-label rows: the task checks
+        _check_labels(bundle, cfg.get("num_classes"))
     bundle.mean, bundle.std = _channel_stats(bundle, cfg.get("mean"), cfg.get("std"))
     for split in bundle.splits.values():
         if isinstance(split, TensorSplit):

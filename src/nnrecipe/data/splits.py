@@ -12,7 +12,8 @@ from torch.utils.data import Dataset
 
 @dataclass
 class TensorSplit:
-    """A split that fits in memory: images [N, C, H, W] float, labels [N] int64."""
+    """A split that fits in memory: images [N, C, H, W] float (a table: [N, F, 1, 1]); targets
+    [N] int64 class labels, or float [N] / [N, K] (regression values, multi-label 0/1 rows)."""
 
     x: torch.Tensor
     y: torch.Tensor
@@ -73,6 +74,10 @@ class DataBundle:
     std: list[float] = field(default_factory=list)
     batch_size: int = 32
     num_workers: int = 0
+    # what the targets are, for the task that learns them (nnrecipe.tasks): classes (int64 [N],
+    # class_names: the classes) | values (float [N, K]: regression) | labels (0/1 float [N, K]:
+    # multi-label); class_names then names the K outputs, so num_classes is the output width
+    targets: str = "classes"
 
     @property
     def num_classes(self) -> int:

@@ -172,9 +172,7 @@ CATALOG = [
     bad("hf-path-unset", "data=hf", says="data.path must be set"),
     bad("webdataset-no-shards", "data=webdataset", "data.shards={tmp}", says="no .tar shards"),
     bad("single-class", "data=image_folder", "data.root={images}", "model=linear",
-        "trainer.max_epochs=1", make=one_class,
-        says="one class", owner="data", why="item 12: a single-class folder fails the "
-        "preflight with 'all-zero gradient' instead of naming the one class found"),
+        "trainer.max_epochs=1", make=one_class, says="only one class was found"),
     # models
     bad("timm-name-misspelt", "model=timm", "model.name=resnet181", says="Did you mean: resnet18"),
     bad("head-too-small", "model=linear", "model.num_classes=5", says="outputs [2, 5]"),

@@ -15,17 +15,18 @@ import sys
 from pathlib import Path
 
 import hydra
-import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from nnrecipe import runtime
+from nnrecipe import distributed, runtime
 from nnrecipe.augment import build_augmentation
 from nnrecipe.checkpoint import (
+    check_model_fits,
     checkpoint_file,
     config_changes,
     copy_checkpoint,
     load_checkpoint,
+    resume_source,
 )
 from nnrecipe.checks import prediction_dynamics, run_preflight, save_dynamics
 from nnrecipe.config import validate
@@ -48,71 +49,82 @@ log = logging.getLogger("nnrecipe")
 
 def train(cfg: DictConfig, run_dir: Path, identity: dict | None = None) -> float | None:
     """Train one run; return its objective (cfg.objective of the best epoch) for a sweeper
-    (None with checks.only: the preflight ran, nothing trained)."""
+    (None with checks.only: the preflight ran, nothing trained).
+
+    Under torchrun or a multi-task SLURM job every rank runs this; rank 0 alone writes the run
+    folder and the W&B run, and every decision is taken by all ranks together."""
     validate(cfg)  # wrong types and ranges: one message naming the key, before any work
-    runtime.seed_everything(cfg.seed)
-    runtime.set_threads(cfg.trainer.num_threads)
-    torch.set_float32_matmul_precision("high")  # TF32 matmuls on GPUs that have them: any launcher
+    distributed.init()
+    run_dir = Path(distributed.broadcast_object(str(run_dir)))  # rank 0's folder is the run's
+    runtime.seed_everything(cfg.seed)  # the same initial weights on every rank
+    runtime.set_threads(cfg.trainer.num_threads, sharing=distributed.local_world())
     objective = cfg.get("objective", "val/loss")
     objective_direction(objective)  # a bad objective fails before any work
-    device = runtime.pick_device(cfg.trainer.device)
+    device = runtime.pick_device(cfg.trainer.device, distributed.local_rank())
+    runtime.set_tf32(cfg.trainer.tf32, device)
+    resume_path = resume_source(cfg.trainer.resume, run_dir)
+    resume = distributed.together(load_checkpoint, resume_path) if resume_path else None
 
     # The W&B run starts first, so that a run failing anywhere below is a failed W&B run.
-    config = OmegaConf.to_container(cfg, resolve=True)
-    tracker = start_tracking(cfg.logger, run_dir, config, **(identity or {"name": run_dir.name}))
+    config = {**OmegaConf.to_container(cfg, resolve=True), "world_size": distributed.world()}
+    tracker = start_tracking(cfg.logger, run_dir, config, **(identity or {"name": run_dir.name}),
+                             run_id=(resume or {}).get("wandb_id"))
     try:
-        # Build: one object per config group.
-        data = build_data(cfg.data, cfg.seed, device)
-        config = OmegaConf.to_container(cfg, resolve=True)
+        # Build: one object per config group; any rank's error stops every rank.
+        data, model, optimizer, schedule, augment = distributed.together(
+            _build, cfg, device, resume, resume_path, run_dir)
+        config = {**OmegaConf.to_container(cfg, resolve=True), "world_size": distributed.world()}
         tracker.update_config(config)  # with the values found while loading the data
-        example, _ = next(iterate_batches(data.train, 2, device=device))
-        model = build_model(cfg.model, example, data.num_classes)
-        init_head_bias(model, data.train.labels, data.num_classes, cfg.init.head_bias)
-        optimizer = build_optimizer(cfg.optimizer, model)
-        steps_per_epoch = num_batches(data.train, data.batch_size)
-        schedule = Schedule(cfg.schedule, optimizer, steps_per_epoch, cfg.trainer.max_epochs)
-        augment = build_augmentation(cfg.augmentation, data)
-        resume = load_checkpoint(cfg.trainer.resume) if cfg.trainer.resume else None
         checkpoints = run_dir / "checkpoints"
-        if resume is not None:
-            _carry_best_checkpoint(Path(cfg.trainer.resume), checkpoints)
+        if resume is not None and distributed.is_main():
+            _carry_best_checkpoint(resume_path, checkpoints)
             if changed := config_changes(resume.get("config"), config):
                 log.warning("resuming with a config that differs from the checkpoint's in %s: "
                             "the run will not continue exactly", ", ".join(changed))
+        if distributed.launched():  # augmentation and dropout: another stream on each rank
+            runtime.seed_everything(cfg.seed + distributed.rank())
 
-        # Recipe step 2: sanity checks on copies; a FAIL raises PreflightFailed (a UserError).
-        report = run_preflight(model, data, cfg.checks, run_dir, tracker, seed=cfg.seed,
-                               make_optimizer=lambda m: build_optimizer(cfg.optimizer, m),
-                               augment=augment, head_bias_requested=cfg.init.head_bias == "prior")
+        # Recipe step 2: sanity checks on copies, on rank 0 while the others wait; a FAIL raises
+        # PreflightFailed (a UserError) on every rank.
+        checks = distributed.on_main(_preflight, cfg, model, data, run_dir, tracker, augment)
         if cfg.checks.only:  # no objective: a sweeper records such a trial as failed
-            write_metrics(run_dir, "checked", checks={r.name: r.status for r in report.results})
+            distributed.main_only(write_metrics)(run_dir, "checked", checks=checks)
             tracker.finish()
             return None
-        dynamics = prediction_dynamics(model, data, cfg.checks, untrained=resume is None)
-        state = fit(model, optimizer, schedule, data, cfg.trainer, tracker, checkpoints,
-                    seed=cfg.seed, augment=augment, resume=resume, config=config,
-                    dynamics=dynamics)
-        save_dynamics(dynamics, run_dir, tracker, state.step)
-        if state.best_epoch < 0:
-            raise Diverged("no epoch reached a finite val/loss: lower optimizer.lr or check the "
-                           "data (trainer.max_epochs must be at least 1)")
+        dynamics = (prediction_dynamics(model, data, cfg.checks, untrained=resume is None)
+                    if distributed.is_main() else None)
+        state = fit(model, optimizer, schedule, data, cfg.trainer, tracker,
+                    checkpoints if distributed.is_main() else None, seed=cfg.seed,
+                    augment=augment, resume=resume, config=config, dynamics=dynamics)
+        if distributed.is_main():
+            save_dynamics(dynamics, run_dir, tracker, state.step)
+        if state.best_epoch < 0:  # every epoch's val/loss was NaN or infinite
+            raise Diverged("no epoch reached a finite val/loss: lower optimizer.lr or set "
+                           "trainer.grad_clip_norm=1.0, or run the preflight checks")
 
-        # Test once, with the weights that had the best val/loss.
+        # Test once, with the weights that had the best val/loss (rank 0's best.pt).
+        distributed.barrier()
         if (checkpoints / "best.pt").exists():
             model.load_state_dict(load_checkpoint(checkpoints / "best.pt")["model"])
         test = evaluate(model, data.test, cfg.trainer.eval_batch_size, cfg.trainer.precision,
                         data.num_workers)
         tracker.log({"test/loss": test["loss"], "test/acc": test["acc"]}, step=state.step)
-        summary = {"best/val_loss": state.best_val_loss, "best/val_acc": state.best_val_acc,
+        summary = {"best/val_loss": state.best_val_loss,
+                   "best/val_acc_at_best_loss": state.best_val_acc,
                    "best/epoch": state.best_epoch, "test/loss": test["loss"],
                    "test/acc": test["acc"]}
         tracker.summary(summary)
         value = objective_value(objective, state.best_val_loss, state.best_val_acc)
+    except runtime.Preempted:
+        distributed.main_only(write_metrics)(run_dir, "preempted")
+        tracker.finish(preempted=True)
+        raise
     except BaseException as e:
-        write_metrics(run_dir, "failed", error=f"{type(e).__name__}: {e}")
+        distributed.main_only(write_metrics)(run_dir, "failed", error=f"{type(e).__name__}: {e}")
         tracker.finish(failed=True)
         raise
-    write_metrics(run_dir, "finished", objective=value, summary=summary, history=state.history)
+    distributed.main_only(write_metrics)(run_dir, "finished", objective=value, summary=summary,
+                                         history=state.history)
     tracker.finish()
     trial = (f"{(identity or {}).get('name', run_dir.name)}: val/loss {state.best_val_loss:.4f}"
              f"  val/acc {state.best_val_acc:.4f}  test/acc {test['acc']:.4f}  (best epoch "
@@ -122,6 +134,34 @@ def train(cfg: DictConfig, run_dir: Path, identity: dict | None = None) -> float
     log.info("test (best.pt): test/loss %.4f  test/acc %.4f", test["loss"], test["acc"])
     log.info("run folder: %s", run_dir)
     return value
+
+
+def _build(cfg: DictConfig, device, resume: dict | None, resume_path: Path | None,
+           run_dir: Path):
+    """(data, model, optimizer, schedule, augmentation) as the config says; rank 0 first (a
+    download, a file index) and the others after, from what it left."""
+    with distributed.main_first():
+        data = build_data(cfg.data, cfg.seed, device)
+    distributed.check_global_batch(cfg.data.batch_size)  # the global batch: each rank a share
+    example, _ = next(iterate_batches(data.train, 2, device=device))
+    model = build_model(cfg.model, example, data.num_classes)
+    if resume is not None:
+        config = {**OmegaConf.to_container(cfg, resolve=True)}
+        check_model_fits(resume, model, config, resume_path)
+    init_head_bias(model, data.train.labels, data.num_classes, cfg.init.head_bias)
+    optimizer = build_optimizer(cfg.optimizer, model)
+    steps_per_epoch = num_batches(data.train, data.batch_size)
+    schedule = Schedule(cfg.schedule, optimizer, steps_per_epoch, cfg.trainer.max_epochs)
+    augment = build_augmentation(cfg.augmentation, data)
+    return data, model, optimizer, schedule, augment
+
+
+def _preflight(cfg: DictConfig, model, data, run_dir: Path, tracker, augment) -> dict:
+    """The preflight's statuses by check (rank 0 runs it; the result reaches every rank)."""
+    report = run_preflight(model, data, cfg.checks, run_dir, tracker, seed=cfg.seed,
+                           make_optimizer=lambda m: build_optimizer(cfg.optimizer, m),
+                           augment=augment, head_bias_requested=cfg.init.head_bias == "prior")
+    return {r.name: r.status for r in report.results}
 
 
 def _carry_best_checkpoint(resume: Path, checkpoints: Path) -> None:
@@ -136,22 +176,47 @@ def _carry_best_checkpoint(resume: Path, checkpoints: Path) -> None:
 @hydra.main(config_path="../conf", config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
     hc = HydraConfig.get()
+    multirun = str(hc.mode) == "RunMode.MULTIRUN"
     try:
-        validate(cfg)  # before anything reads a value (the run's name formats optimizer.lr)
-        if str(hc.mode) == "RunMode.MULTIRUN":  # parallel trials: one GPU, a share of the cores
+        distributed.init()  # a multi-task SLURM job joins here (torchrun's ranks already did)
+        distributed.quiet_other_ranks()
+        # before anything reads a value (the run's name formats optimizer.lr)
+        distributed.together(validate, cfg)
+        if multirun and not distributed.launched():  # parallel trials: one GPU, some cores
             compact_console()  # one line per trial; its train.log keeps everything
             with open_dict(cfg):
                 cfg.trainer.device = runtime.spread_over_gpus(cfg.trainer.device, hc.job.num)
                 cfg.trainer.num_threads = runtime.share_cores(cfg.trainer.num_threads,
                                                               hc.launcher.get("n_jobs"))
-        return train(cfg, Path(hc.runtime.output_dir), run_identity(cfg, hc))
+        value = train(cfg, Path(hc.runtime.output_dir), run_identity(cfg, hc))
+    except runtime.Preempted as e:
+        if distributed.is_main():
+            log.warning("%s", e)
+            print(f"\nnnrecipe: preempted: {e} (exit status {runtime.PREEMPTED_EXIT})",
+                  file=sys.stderr)
+        distributed.exit_quietly(runtime.PREEMPTED_EXIT)
     except UserError as e:
-        if str(hc.mode) == "RunMode.MULTIRUN":
+        if multirun and not distributed.launched():
             raise  # the sweeper records the trial as failed and goes on
-        log.error("%s", e)
-        print(f"\nnnrecipe: error: {e}", file=sys.stderr)
-        sys.exit(1)
+        if distributed.is_main() or not getattr(e, "settled", False):
+            log.error("%s", e)  # rank 0 speaks for all; another rank only for its own error
+            print(f"\nnnrecipe: error: {e}", file=sys.stderr)
+        distributed.exit_quietly(1)
+    except Exception as e:
+        if not distributed.launched() or not distributed.lost_a_rank(e):
+            raise
+        # another rank died (its own output says why): no traceback from this one
+        distributed.exit_quietly(1)
+    distributed.barrier()
+    distributed.close()
+    return value
 
+
+# Rank 0's run folder for every rank, decided before Hydra resolves hydra.run.dir.
+OmegaConf.register_new_resolver("run_folder", distributed.run_folder, replace=True)
 
 if __name__ == "__main__":
+    if distributed.init():  # torchrun: join first, so that every rank gets rank 0's run folder
+        distributed.share_run_stamp()
+        sys.argv += distributed.hydra_overrides_for_other_ranks()
     main()

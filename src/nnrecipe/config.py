@@ -63,6 +63,7 @@ RULES: list[tuple[str, str | None, str | None, object]] = [
     ("trainer.early_stopping.patience", "int", ">= 0 (null: off)", _at_least(0)),
     ("trainer.precision", None, "fp32, bf16 or fp16", lambda v: v in ("fp32", "bf16", "fp16")),
     ("trainer.resume", "str", None, None),
+    ("trainer.sync_batchnorm", "bool", "true, false or null (null: on with several GPUs)", None),
     ("*_s", "float", ">= 0", _at_least(0)),  # seconds: 60 in a YAML, 0.5 on the command line
     ("trainer.log_every_n_steps", None, ">= 1", _at_least(1)),
     ("*min_delta", None, ">= 0", _at_least(0)),

@@ -93,7 +93,7 @@ def test_random_search_three_trials_three_wandb_runs_in_one_group_one_line_each(
         assert config["model"]["dropout"] == pytest.approx(dropout)
         assert f"optimizer.lr={values[0]}" in config["overrides"]
         assert "model=mlp" in run["tags"]  # the fixed overrides; swept values are in the name
-        assert {"best/val_loss", "best/val_acc", "test/acc"} <= run["summary"].keys()
+        assert {"best/val_loss", "best/val_acc_at_best_loss", "test/acc"} <= run["summary"].keys()
 
     best = yaml.safe_load((out / "optimization_results.yaml").read_text())
     losses = {d.name: json.loads((d / "metrics.json").read_text())["objective"] for d in dirs}

@@ -189,7 +189,7 @@ def fake_trial(sweep: Path, num: int, overrides: list[str], val_loss: float | No
         sweeps.write_metrics(folder, "failed", error="Diverged: train/loss became nan")
         return
     acc = 1 - val_loss / 2
-    summary = {"best/val_loss": val_loss, "best/val_acc": acc, "test/acc": acc - 0.01}
+    summary = {"best/val_loss": val_loss, "best/val_acc_at_best_loss": acc, "test/acc": acc - 0.01}
     history = [{"epoch": 1, "val/loss": val_loss + 0.5, "val/acc": acc - 0.1},
                {"epoch": 2, "val/loss": val_loss, "val/acc": acc}]
     sweeps.write_metrics(folder, "finished", objective=val_loss, summary=summary,
@@ -278,7 +278,7 @@ def test_compare_maximises_val_acc_when_that_is_the_objective(tmp_path):
         metrics = json.loads((tmp_path / str(num) / "metrics.json").read_text())
         sweeps.write_metrics(tmp_path / str(num), "finished", **{
             **{k: v for k, v in metrics.items() if k != "status"},
-            "objective": metrics["summary"]["best/val_acc"]})
+            "objective": metrics["summary"]["best/val_acc_at_best_loss"]})
     ranked = sweeps.rank(sweeps.load_sweep(tmp_path), "maximize")
     assert [t.num for t in ranked] == [0, 1]  # val/acc 0.9 before 0.6
 

@@ -21,8 +21,10 @@ import yaml
 from nnrecipe.errors import UserError
 
 OBJECTIVES = {"val/loss": "minimize", "val/acc": "maximize"}
-# What a trial is compared on: the best epoch's val/loss and val/acc, and test/acc of best.pt.
-METRICS = {"val/loss": "best/val_loss", "val/acc": "best/val_acc", "test/acc": "test/acc"}
+# What a trial is compared on: the best epoch's val/loss, the val/acc of that same epoch (not the
+# best val/acc: hence the name) and test/acc of best.pt.
+METRICS = {"val/loss": "best/val_loss", "val/acc": "best/val_acc_at_best_loss",
+           "test/acc": "test/acc"}
 
 
 def objective_direction(objective: str) -> str:

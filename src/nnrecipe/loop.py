@@ -129,7 +129,7 @@ def fit(
     saver = Checkpointer(checkpoint_dir, trainer.checkpoint_every_s) if checkpoint_dir else None
     epoch_shuffle, rngs = shuffle.get_state(), None  # what save() stores: set as training goes
     save = lambda: _checkpoint(state, model, optimizer, schedule, scaler, epoch_shuffle,  # noqa: E731
-                               config, rngs)
+                               config, rngs, tracker.run_id)
     bar = tqdm(total=steps_per_epoch * trainer.max_epochs, initial=state.step, unit="step",
                disable=None if trainer.progress and distributed.is_main() else True,
                dynamic_ncols=True, leave=False)
@@ -308,7 +308,7 @@ def _epoch_lines_off_the_console(shown: bool):
 
 
 def _checkpoint(state: FitState, model, optimizer, schedule, scaler, shuffle_state, config,
-                rngs) -> dict:
+                rngs, wandb_id) -> dict:
     rngs = rngs or [runtime.rng_state()]  # every rank's RNG state (one in a single process)
     return {
         "model": model.state_dict(),
@@ -320,6 +320,7 @@ def _checkpoint(state: FitState, model, optimizer, schedule, scaler, shuffle_sta
         "rng_ranks": rngs,
         "shuffle_rng": shuffle_state,  # draws the order of the epoch that step_in_epoch is in
         "config": config,
+        "wandb_id": wandb_id,  # a resumed run continues this W&B run
     }
 
 

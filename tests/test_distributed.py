@@ -1,0 +1,152 @@
+"""One run on 2 processes (torchrun, gloo on CPU) against the same run in one process.
+
+Each torchrun start costs ~5-10 s (imports in both ranks), so each test checks several things
+of one or a few runs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import wandb_inspect
+
+ROOT = Path(__file__).resolve().parents[1]
+TORCHRUN = Path(sys.executable).with_name("torchrun")
+QUIET = ["trainer.progress=false", "logger=none", "checks=off", "trainer.num_threads=1"]
+
+
+def torchrun(*overrides, cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
+    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true",
+           "PYTHONPATH": str(ROOT / "tests"), "OMP_NUM_THREADS": "1"}
+    args = [str(TORCHRUN), "--standalone", "--nproc_per_node=2", str(ROOT / "src" / "train.py"),
+            *QUIET, *overrides]
+    return subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def metrics(run_dir: Path) -> dict:
+    return json.loads((run_dir / "metrics.json").read_text())
+
+
+def last(run_dir: Path) -> dict:
+    return torch.load(run_dir / "checkpoints" / "last.pt", weights_only=False)
+
+
+def errors(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line.startswith("nnrecipe: error:")]
+
+
+def test_two_ranks_train_as_one_process_into_one_run_folder_and_one_wandb_run(
+        run_train, tmp_path):
+    """model=linear (no dropout, no BatchNorm), fp32, the same global batch: the same
+    optimisation, every sample evaluated once, and one run folder, W&B run and checkpoints/."""
+    common = ["model=linear", "trainer.max_epochs=2"]
+    _, one = run_train(*common, "trainer.num_threads=1", run_dir=tmp_path / "one")
+    done = torchrun(*common, "logger=wandb", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    (folder,) = (tmp_path / "outputs").glob("*/*")  # one folder: rank 0's, not one per rank
+    assert (folder / ".hydra" / "config.yaml").is_file() and (folder / "train.log").is_file()
+    assert sorted(p.name for p in (folder / "checkpoints").iterdir()) == ["best.pt", "last.pt"]
+    assert len(list(folder.glob("wandb/offline-run-*"))) == 1
+    assert wandb_inspect(folder)["config"]["world_size"] == 2
+    two_m, one_m = metrics(folder), metrics(one)
+    for a, b in zip(two_m["history"], one_m["history"], strict=True):
+        assert a["val/loss"] == pytest.approx(b["val/loss"], rel=1e-4)
+    assert two_m["summary"]["test/acc"] == one_m["summary"]["test/acc"]
+    assert "epoch 2/2" in (folder / "train.log").read_text()  # the learning curve, one line
+
+
+def test_batchnorm_dropout_augmentation_on_two_ranks_resume_two_plus_two_and_on_one_rank(
+        run_train, tmp_path, caplog):
+    """ConvNet (BatchNorm) with dropout and flip_crop on 2 ranks: the preflight passes (on rank
+    0), it trains; 1 + 2 epochs under 2 ranks end where 3 epochs end (every rank's RNG state
+    resumes); the 2-rank checkpoint continues on 1 process, with a warning."""
+    common = ["model=convnet", "model.dropout=0.2", "augmentation=flip_crop",
+              "augmentation.hflip=0.0", "trainer.checkpoint_every_s=0"]
+    whole = torchrun(*common, "trainer.max_epochs=3", "checks=default",
+                     f"hydra.run.dir={tmp_path / 'whole'}", cwd=tmp_path)
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    assert (tmp_path / "whole" / "checks.json").is_file()
+    for epochs in (1, 3):  # the second start resumes from the folder's last.pt (resume=auto)
+        part = torchrun(*common, f"trainer.max_epochs={epochs}",
+                        f"hydra.run.dir={tmp_path / 'parts'}", cwd=tmp_path)
+        assert part.returncode == 0, part.stderr[-3000:]
+    a, b = last(tmp_path / "whole"), last(tmp_path / "parts")
+    assert a["fit_state"]["history"] == b["fit_state"]["history"]
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert len(b["rng_ranks"]) == 2 and not torch.equal(b["rng_ranks"][0]["torch"],
+                                                        b["rng_ranks"][1]["torch"])
+
+    _, solo = run_train(*common, "trainer.max_epochs=4", f"trainer.resume={tmp_path / 'parts'}",
+                        run_dir=tmp_path / "solo")
+    assert "written by 2 rank(s) and resumes on 1" in caplog.text
+    assert [h["epoch"] for h in metrics(solo)["history"]] == [1, 2, 3, 4]
+
+
+def test_a_preflight_fail_and_a_nan_on_one_rank_stop_both_ranks_with_one_message(tmp_path):
+    preflight = torchrun("checks=default", "model=linear", "data.mean=[0.0]",
+                         "data.std=[0.001]", f"hydra.run.dir={tmp_path / 'fail'}", cwd=tmp_path)
+    assert preflight.returncode != 0
+    assert len(errors(preflight.stderr)) == 1, preflight.stderr[-3000:]
+    assert "data_batch" in preflight.stderr and "Traceback (most recent call last):\n  File \"" \
+        not in preflight.stderr.split("nnrecipe: error:")[0][-2000:]
+    assert not (tmp_path / "fail" / "checkpoints").exists()
+
+    nan = torchrun("model=custom", "model._target_=dist_helpers.NaNOnRankOne",
+                   "trainer.max_epochs=2", f"hydra.run.dir={tmp_path / 'nan'}", cwd=tmp_path)
+    assert nan.returncode != 0
+    (line,) = errors(nan.stderr)
+    assert "train/loss became nan" in line
+    assert metrics(tmp_path / "nan")["status"] == "failed"
+
+
+@pytest.fixture
+def sigterm_at_step(monkeypatch):
+    """sigterm_at_step(n): this process gets SIGTERM during its n-th optimizer step."""
+    from nnrecipe import loop
+
+    def _arm(n):
+        step, calls = loop._optimizer_step, []
+
+        def stepping(optimizer, scaler):
+            calls.append(1)
+            if len(calls) == n:
+                os.kill(os.getpid(), signal.SIGTERM)
+            return step(optimizer, scaler)
+
+        monkeypatch.setattr(loop, "_optimizer_step", stepping)
+        return monkeypatch
+
+    return _arm
+
+
+def test_sigterm_mid_epoch_writes_last_pt_exits_75_and_resume_auto_finishes_the_same_run(
+        run_cli, sigterm_at_step, tmp_path):
+    from nnrecipe.runtime import PREEMPTED_EXIT
+
+    common = ["model=mlp", "model.dropout=0.2", "trainer.max_epochs=3", "logger=wandb"]
+    patch = sigterm_at_step(50)  # epoch 2 has 40 steps: the 10th of epoch 2
+    code, err, run_dir = run_cli(*common, run_dir=tmp_path / "run")
+    assert code == PREEMPTED_EXIT == 75, err
+    assert "preempted" in err and metrics(run_dir)["status"] == "preempted"
+    state = last(run_dir)["fit_state"]
+    assert (state["step"], state["epoch"], state["step_in_epoch"]) == (50, 1, 10)
+    patch.undo()
+
+    code, err, _ = run_cli(*common, run_dir=run_dir)  # trainer.resume=auto: the same folder
+    assert code == 0, err
+    code, err, whole = run_cli(*common, run_dir=tmp_path / "whole")
+    assert code == 0, err
+    a, b = last(whole), last(run_dir)
+    assert a["fit_state"]["history"] == b["fit_state"]["history"]
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    runs = sorted(run_dir.glob("wandb/offline-run-*"))  # two starts of one W&B run
+    assert len(runs) == 2 and len({r.name.rsplit("-", 1)[1] for r in runs}) == 1

@@ -143,6 +143,10 @@ def _build(cfg: DictConfig, device, resume: dict | None, resume_path: Path | Non
     with distributed.main_first():
         data = build_data(cfg.data, cfg.seed, device)
     distributed.check_global_batch(cfg.data.batch_size)  # the global batch: each rank a share
+    if distributed.launched():
+        log.info("%d processes (%s): data.batch_size=%d is the global batch, %d per rank",
+                 distributed.world(), distributed.backend(), cfg.data.batch_size,
+                 cfg.data.batch_size // distributed.world())
     example, _ = next(iterate_batches(data.train, 2, device=device))
     model = build_model(cfg.model, example, data.num_classes)
     if resume is not None:

@@ -150,3 +150,20 @@ def test_sigterm_mid_epoch_writes_last_pt_exits_75_and_resume_auto_finishes_the_
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
     runs = sorted(run_dir.glob("wandb/offline-run-*"))  # two starts of one W&B run
     assert len(runs) == 2 and len({r.name.rsplit("-", 1)[1] for r in runs}) == 1
+
+
+def test_submitit_local_with_two_tasks_is_one_two_rank_run(tmp_path):
+    """The SLURM path as far as a machine without SLURM goes: Hydra's submitit launcher starts
+    2 tasks; they join one process group from submitit's environment and write one trial."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "src" / "train.py"), "-m", "hydra/launcher=submitit_local",
+         "hydra.launcher.tasks_per_node=2", f"hydra.sweep.dir={tmp_path / 'sweep'}",
+         "model=linear", "trainer.max_epochs=1", *QUIET],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    trial = tmp_path / "sweep" / "0"
+    assert metrics(trial)["status"] == "finished"
+    log = (trial / "train.log").read_text()
+    assert "2 processes (gloo)" in log
+    assert log.count("epoch 1/1  train/loss") == 1  # rank 0 alone writes train.log

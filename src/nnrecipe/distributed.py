@@ -111,6 +111,10 @@ def _submitit_tasks() -> int:
         return 1
 
 
+def backend() -> str:
+    return dist.get_backend() if dist.is_initialized() else "none"
+
+
 def close() -> None:
     global _side
     if dist.is_initialized():

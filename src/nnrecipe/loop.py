@@ -159,7 +159,8 @@ def fit(
                 stepped = _optimizer_step(optimizer, scaler)
                 state.step += 1
                 state.step_in_epoch += 1
-                pending.append((state.step, schedule.lr, loss.detach() * share))
+                pending.append((state.step, schedule.lr,
+                                loss.detach() * share if share != 1.0 else loss.detach()))
                 if stepped:  # fp16: a step the scaler skipped leaves the schedule where it was
                     schedule.step()
                 if world == 1 or len(pending) == log_every:  # ranks agree every block
@@ -285,7 +286,7 @@ def _log_epoch_line(state: FitState, max_epochs: int, train_loss: float, val: di
                     seconds: float) -> None:
     """One line per epoch in train.log (the learning curve), and on the console when no
     progress bar shows it (a pipe, `tee`, a SLURM log)."""
-    log.info("epoch %d/%d  train/loss %.4f  val/loss %.4f  val/acc %.4f  %.1fs", state.epoch,
+    log.info("epoch %d/%d  train/loss %.4f  val/loss %.4f  val/acc %.4f  %.2fs", state.epoch,
              max_epochs, train_loss, val["loss"], val["acc"], seconds, extra={EPOCH_LINE: True})
 
 

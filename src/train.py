@@ -62,7 +62,9 @@ def train(cfg: DictConfig, run_dir: Path, identity: dict | None = None) -> float
     objective_direction(objective)  # a bad objective fails before any work
     device = runtime.pick_device(cfg.trainer.device, distributed.local_rank())
     runtime.set_tf32(cfg.trainer.tf32, device)
-    resume_path = resume_source(cfg.trainer.resume, run_dir)
+    # rank 0 decides (resume=auto looks for last.pt in its folder); the run folder and the
+    # checkpoint it names must be on a file system every node sees (as on any SLURM cluster)
+    resume_path = distributed.broadcast_object(resume_source(cfg.trainer.resume, run_dir))
     resume = distributed.together(load_checkpoint, resume_path) if resume_path else None
 
     # The W&B run starts first, so that a run failing anywhere below is a failed W&B run.
@@ -102,10 +104,9 @@ def train(cfg: DictConfig, run_dir: Path, identity: dict | None = None) -> float
             raise Diverged("no epoch reached a finite val/loss: lower optimizer.lr or set "
                            "trainer.grad_clip_norm=1.0, or run the preflight checks")
 
-        # Test once, with the weights that had the best val/loss (rank 0's best.pt).
-        distributed.barrier()
-        if (checkpoints / "best.pt").exists():
-            model.load_state_dict(load_checkpoint(checkpoints / "best.pt")["model"])
+        # Test once, with the weights that had the best val/loss (rank 0's best.pt, sent to all).
+        if best := distributed.on_main(_best_weights, checkpoints / "best.pt"):
+            model.load_state_dict(best)
         test = evaluate(model, data.test, cfg.trainer.eval_batch_size, cfg.trainer.precision,
                         data.num_workers)
         tracker.log({"test/loss": test["loss"], "test/acc": test["acc"]}, step=state.step)
@@ -158,6 +159,10 @@ def _build(cfg: DictConfig, device, resume: dict | None, resume_path: Path | Non
     schedule = Schedule(cfg.schedule, optimizer, steps_per_epoch, cfg.trainer.max_epochs)
     augment = build_augmentation(cfg.augmentation, data)
     return data, model, optimizer, schedule, augment
+
+
+def _best_weights(path: Path) -> dict | None:
+    return load_checkpoint(path)["model"] if path.exists() else None
 
 
 def _preflight(cfg: DictConfig, model, data, run_dir: Path, tracker, augment) -> dict:

@@ -1,8 +1,13 @@
 """Models for tests/test_distributed.py, importable by the torchrun workers (PYTHONPATH=tests)."""
 
+import os
+import signal
+
 import torch
 import torch.distributed as dist
 from torch import nn
+
+from nnrecipe.models.simple import ConvNet
 
 
 class NaNOnRankOne(nn.Module):
@@ -20,3 +25,19 @@ class NaNOnRankOne(nn.Module):
             if self.calls >= 5:
                 out = out * torch.nan
         return out
+
+
+class SignalledConvNet(ConvNet):
+    """nnrecipe's ConvNet that sends SIGTERM to its own process (rank 0) during training
+    forward number `signal_at` (0: never): a preemption at a known step."""
+
+    def __init__(self, num_classes: int, in_chans: int, signal_at: int = 0, **kwargs):
+        super().__init__(num_classes, in_chans, **kwargs)
+        self.signal_at, self.calls = signal_at, 0
+
+    def forward(self, x):
+        if self.training and self.signal_at and dist.is_initialized() and dist.get_rank() == 0:
+            self.calls += 1
+            if self.calls == self.signal_at:
+                os.kill(os.getpid(), signal.SIGTERM)
+        return super().forward(x)

@@ -64,21 +64,27 @@ def test_two_ranks_train_as_one_process_into_one_run_folder_and_one_wandb_run(
     assert "epoch 2/2" in (folder / "train.log").read_text()  # the learning curve, one line
 
 
-def test_batchnorm_dropout_augmentation_on_two_ranks_resume_two_plus_two_and_on_one_rank(
+def test_batchnorm_dropout_augmentation_on_two_ranks_preempted_resumes_as_never_stopped(
         run_train, tmp_path, caplog):
     """ConvNet (BatchNorm) with dropout and flip_crop on 2 ranks: the preflight passes (on rank
-    0), it trains; 1 + 2 epochs under 2 ranks end where 3 epochs end (every rank's RNG state
-    resumes); the 2-rank checkpoint continues on 1 process, with a warning."""
-    common = ["model=convnet", "model.dropout=0.2", "augmentation=flip_crop",
-              "augmentation.hflip=0.0", "trainer.checkpoint_every_s=0"]
-    whole = torchrun(*common, "trainer.max_epochs=3", "checks=default",
-                     f"hydra.run.dir={tmp_path / 'whole'}", cwd=tmp_path)
+    0), it trains. SIGTERM in epoch 2: both ranks stop at the same step, last.pt is written,
+    and the same command (trainer.resume=auto) ends where the run that was never stopped ends
+    (every rank's RNG state resumes, mid-epoch). The 2-rank checkpoint continues on 1 process."""
+    common = ["model=custom", "model._target_=dist_helpers.SignalledConvNet", "+model.dropout=0.2",
+              "augmentation=flip_crop", "augmentation.hflip=0.0", "trainer.max_epochs=3"]
+    whole = torchrun(*common, "checks=default", f"hydra.run.dir={tmp_path / 'whole'}",
+                     cwd=tmp_path)
     assert whole.returncode == 0, whole.stderr[-3000:]
     assert (tmp_path / "whole" / "checks.json").is_file()
-    for epochs in (1, 3):  # the second start resumes from the folder's last.pt (resume=auto)
-        part = torchrun(*common, f"trainer.max_epochs={epochs}",
-                        f"hydra.run.dir={tmp_path / 'parts'}", cwd=tmp_path)
-        assert part.returncode == 0, part.stderr[-3000:]
+
+    stopped = torchrun(*common, "+model.signal_at=50", f"hydra.run.dir={tmp_path / 'parts'}",
+                       cwd=tmp_path)  # rank 0 gets SIGTERM in its 50th step (epoch 2)
+    assert stopped.returncode != 0 and "nnrecipe: preempted" in stopped.stderr, stopped.stderr
+    state = last(tmp_path / "parts")["fit_state"]
+    assert state["epoch"] == 1 and state["step"] >= 50 and state["step_in_epoch"] > 0
+    assert metrics(tmp_path / "parts")["status"] == "preempted"
+    again = torchrun(*common, f"hydra.run.dir={tmp_path / 'parts'}", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
     a, b = last(tmp_path / "whole"), last(tmp_path / "parts")
     assert a["fit_state"]["history"] == b["fit_state"]["history"]
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
@@ -167,3 +173,30 @@ def test_submitit_local_with_two_tasks_is_one_two_rank_run(tmp_path):
     log = (trial / "train.log").read_text()
     assert "2 processes (gloo)" in log
     assert log.count("epoch 1/1  train/loss") == 1  # rank 0 alone writes train.log
+
+
+def test_run_folders_are_unique_and_a_requeued_slurm_job_finds_its_own(monkeypatch, tmp_path):
+    """Issue 13 item 7: outputs/<date>/<time>_<suffix>, two starts in one second differ; a
+    requeued SLURM job (same job id, SLURM_RESTART_COUNT > 0) gets the folder it made first."""
+    import re
+
+    from nnrecipe import distributed
+
+    for name in (distributed.STAMP_ENV, "SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID",
+                 "SLURM_RESTART_COUNT"):
+        monkeypatch.delenv(name, raising=False)
+    folders = []
+    for _ in range(2):
+        folders.append(distributed.run_folder("outputs"))
+        monkeypatch.delenv(distributed.STAMP_ENV)  # another process
+    assert all(re.fullmatch(r"outputs/\d{4}-\d\d-\d\d/\d\d-\d\d-\d\d_[a-z]{4}", f)
+               for f in folders) and folders[0] != folders[1]
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    assert distributed.run_folder("outputs").endswith("_j4242")
+    first = Path("outputs/2020-01-01/23-59-59_j4242")  # made by the job's first start
+    first.mkdir(parents=True)
+    monkeypatch.delenv(distributed.STAMP_ENV)  # the requeued job starts later
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
+    assert distributed.run_folder("outputs") == str(first)

@@ -208,6 +208,7 @@ class StopSignals:
 
     def __init__(self):
         self.received: int | None = None
+        self.received_at = 0.0
         self.previous: dict[int, object] = {}
 
     def __enter__(self):
@@ -227,9 +228,12 @@ class StopSignals:
         self.previous = {}
 
     def _handle(self, signum, frame) -> None:
-        if self.received is not None:  # asked twice: stop now
+        # Asked again later: stop now. Within seconds it is the same request twice (SLURM
+        # signals every process of the job, and torchrun forwards its own copy to its workers).
+        if self.received is not None and time.monotonic() - self.received_at > 5:
             sys.exit(128 + signum)
-        self.received = signum
+        if self.received is None:
+            self.received, self.received_at = signum, time.monotonic()
 
     def chain(self) -> None:
         """Run the handler that was installed before ours (e.g. submitit's checkpoint-and-requeue

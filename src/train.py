@@ -205,8 +205,8 @@ def main(cfg: DictConfig) -> float | None:
                   file=sys.stderr)
         distributed.exit_quietly(runtime.PREEMPTED_EXIT)
     except UserError as e:
-        if multirun and not distributed.launched():
-            raise  # the sweeper records the trial as failed and goes on
+        if multirun:
+            raise  # the sweeper records the trial as failed and goes on (every rank raises)
         if distributed.is_main() or not getattr(e, "settled", False):
             log.error("%s", e)  # rank 0 speaks for all; another rank only for its own error
             print(f"\nnnrecipe: error: {e}", file=sys.stderr)

@@ -240,4 +240,7 @@ class StopSignals:
         on SIGUSR2) for the signal received."""
         previous = self.previous.get(self.received)
         if callable(previous):
-            previous(self.received, None)
+            try:
+                previous(self.received, None)
+            except SystemExit:  # submitit's exits once it has requeued the job: ours follows
+                pass

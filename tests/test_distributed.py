@@ -200,3 +200,25 @@ def test_run_folders_are_unique_and_a_requeued_slurm_job_finds_its_own(monkeypat
     monkeypatch.delenv(distributed.STAMP_ENV)  # the requeued job starts later
     monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
     assert distributed.run_folder("outputs") == str(first)
+
+
+def test_ranks_share_each_global_batch_and_evaluation_covers_each_sample_once(monkeypatch):
+    """What makes 2 ranks train as 1 process: with the same generator state, rank 0's and rank
+    1's shares of each global batch are together the batch one process takes; in order, the
+    ranks' parts of a split cover each sample exactly once. The global batch must divide."""
+    from nnrecipe.data import TensorSplit, iterate_batches
+    from nnrecipe.distributed import check_global_batch
+    from nnrecipe.errors import UserError
+
+    split = TensorSplit(torch.arange(37.0).view(37, 1, 1, 1), torch.arange(37))
+    draw = lambda **kw: [y.tolist() for _, y in iterate_batches(  # noqa: E731
+        split, 8, shuffle=True, generator=torch.Generator().manual_seed(3), **kw)]
+    one, r0, r1 = draw(), draw(rank=0, world=2), draw(rank=1, world=2)
+    assert [a + b for a, b in zip(r0, r1, strict=True)] == one  # the tail of 5 splits 3 + 2
+    assert draw(rank=1, world=2, skip=2) == r1[2:]  # resumed mid-epoch: the same batches
+    parts = [y.tolist() for r in range(3) for _, y in iterate_batches(split, 4, rank=r, world=3)]
+    assert sorted(sum(parts, [])) == list(range(37))
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(UserError, match="data.batch_size=33 .* data.batch_size=32"):
+        check_global_batch(33)

@@ -74,7 +74,8 @@ def evaluate(model: nn.Module, split, batch_size: int, precision: str = "fp32",
     rank, world = (distributed.rank(), distributed.world()) if shard else (0, 1)
     was_training = model.training
     model.eval()
-    sums = torch.zeros(2, device=device, dtype=torch.float64)  # loss, correct
+    exact = torch.float32 if device.type == "mps" else torch.float64  # MPS has no float64
+    sums = torch.zeros(2, device=device, dtype=exact)  # loss, correct: summed over ranks
     for x, y in iterate_batches(split, batch_size, device=device, num_workers=num_workers,
                                 rank=rank, world=world):
         with autocast(device, precision):

@@ -151,25 +151,25 @@ def fit(
                     x, y = augment(x, y)
                 with autocast(device, precision):
                     loss = F.cross_entropy(net(x), y)
-                share = shares[state.step_in_epoch] if shares else 1.0
+                if shares:  # ranks: DDP's mean of their losses is the global batch's mean
+                    loss = loss * shares[state.step_in_epoch]
                 optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss * share if share != 1.0 else loss).backward()
+                scaler.scale(loss).backward()
                 if clip_norm:
                     scaler.unscale_(optimizer)
                     nn.utils.clip_grad_norm_(model.parameters(), clip_norm)
                 stepped = _optimizer_step(optimizer, scaler)
                 state.step += 1
                 state.step_in_epoch += 1
-                pending.append((state.step, schedule.lr,
-                                loss.detach() * share if share != 1.0 else loss.detach()))
+                pending.append((state.step, schedule.lr, loss.detach()))
                 if stepped:  # fp16: a step the scaler skipped leaves the schedule where it was
                     schedule.step()
-                if world == 1 or len(pending) == log_every:  # ranks agree every block
-                    if distributed.agree(signals.received is not None):
-                        state.epoch_loss_sum += _log_train_losses(pending, tracker, epoch,
-                                                                  optimizer)
-                        rngs = distributed.gather_objects(runtime.rng_state())
-                        _preempted(saver, save, model, state, signals)
+                # a stop signal (SIGTERM, SIGUSR1): ranks look together, once per block
+                if ((world == 1 or len(pending) == log_every)
+                        and distributed.agree(signals.received is not None)):
+                    state.epoch_loss_sum += _log_train_losses(pending, tracker, epoch, optimizer)
+                    rngs = distributed.gather_objects(runtime.rng_state())
+                    _preempted(saver, save, model, state, signals)  # last.pt, then raises
                 if len(pending) == log_every:
                     state.epoch_loss_sum += _log_train_losses(pending, tracker, epoch, optimizer)
                 bar.update()

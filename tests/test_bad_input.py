@@ -177,6 +177,8 @@ CATALOG = [
     bad("resume-missing", "trainer.resume={tmp}/no/such/last.pt", says="does not exist"),
     bad("resume-garbage", "trainer.resume={file}", make=garbage_checkpoint, says="unreadable"),
     bad("resume-another-model", "trainer.resume={run}", says="model=linear"),
+    bad("sync-batchnorm-not-a-bool", "trainer.sync_batchnorm=yes",
+        says="trainer.sync_batchnorm=yes must be true or false or null"),
     # checks
     bad("unknown-check-skipped", "checks=default", "checks.skip=[leakagee]",
         says="unknown checks ['leakagee']"),

@@ -226,6 +226,12 @@ OmegaConf.register_new_resolver("run_folder", distributed.run_folder, replace=Tr
 
 if __name__ == "__main__":
     if distributed.init():  # torchrun: join first, so that every rank gets rank 0's run folder
+        if {"-m", "--multirun"} & set(sys.argv):  # every rank would run the whole sweep
+            if distributed.is_main():
+                print("nnrecipe: error: torchrun runs one job, not a sweep (-m): sweep with "
+                      "hydra/launcher=slurm, whose trials may each use several GPUs",
+                      file=sys.stderr)
+            distributed.exit_quietly(1)
         distributed.share_run_stamp()
         sys.argv += distributed.hydra_overrides_for_other_ranks()
     main()

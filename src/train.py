@@ -79,6 +79,9 @@ def train(cfg: DictConfig, run_dir: Path, identity: dict | None = None) -> float
         tracker.update_config(config)  # with the values found while loading the data
         checkpoints = run_dir / "checkpoints"
         if resume is not None and distributed.is_main():
+            done = resume.get("fit_state", {})
+            log.info("resuming from %s: %d epochs and %d steps done (trainer.resume=%s)",
+                     resume_path, done.get("epoch", 0), done.get("step", 0), cfg.trainer.resume)
             _carry_best_checkpoint(resume_path, checkpoints)
             if changed := config_changes(resume.get("config"), config):
                 log.warning("resuming with a config that differs from the checkpoint's in %s: "

@@ -214,7 +214,8 @@ def fit(
 
 
 def _optimizer_step(optimizer, scaler) -> bool:
-    """scaler.step + update; False when fp16's scaler skipped the step (inf/NaN gradients)."""
+    """scaler.step + update; False when fp16's scaler skipped the step (inf/NaN gradients).
+    fp16 only: reading the scale syncs with the device once a step (bf16 and fp32 never do)."""
     if not scaler.is_enabled():
         optimizer.step()
         return True

@@ -3,6 +3,7 @@
     python src/train.py                                  # the default job (digits, convnet)
     python src/train.py model=mlp optimizer=sgd optimizer.lr=0.1
     python src/train.py -m hparams_search=random         # a random-search sweep
+    torchrun --standalone --nproc_per_node=2 src/train.py  # one run on 2 processes (DDP)
 
 Returns the objective (`objective`: the best epoch's val/loss, or its val/acc) that Hydra's
 sweepers optimise; a sweep's trial also leaves metrics.json for scripts/compare_runs.py.
@@ -18,6 +19,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+import nnrecipe
 from nnrecipe import distributed, runtime
 from nnrecipe.augment import build_augmentation
 from nnrecipe.checkpoint import (
@@ -224,8 +226,7 @@ def main(cfg: DictConfig) -> float | None:
     return value
 
 
-# Rank 0's run folder for every rank, decided before Hydra resolves hydra.run.dir.
-OmegaConf.register_new_resolver("run_folder", distributed.run_folder, replace=True)
+nnrecipe.register_resolvers()  # ${run_folder:outputs}: hydra.run.dir
 
 if __name__ == "__main__":
     if distributed.init():  # torchrun: join first, so that every rank gets rank 0's run folder

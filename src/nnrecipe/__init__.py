@@ -8,3 +8,23 @@ Where each step of the recipe lives:
   5. tune                        -> conf/hparams_search, scripts/compare_runs.py
   6. squeeze out the juice       -> nnrecipe.optim (schedules), longer training
 """
+
+
+def _run_folder(base: str = "outputs") -> str:
+    from nnrecipe.distributed import run_folder  # torch: only when a run folder is made
+
+    return run_folder(base)
+
+
+def register_resolvers() -> None:
+    """${run_folder:outputs} (conf/train.yaml's hydra.run.dir). Registered on import when
+    OmegaConf is loaded already (an entry point imports hydra before nnrecipe), so that every
+    entry point composing train.yaml resolves it; light scripts do not pay for OmegaConf."""
+    from omegaconf import OmegaConf
+
+    if not OmegaConf.has_resolver("run_folder"):
+        OmegaConf.register_new_resolver("run_folder", _run_folder)
+
+
+if "omegaconf" in __import__("sys").modules:
+    register_resolvers()

@@ -176,7 +176,7 @@ def test_submitit_local_with_two_tasks_is_one_two_rank_run(tmp_path):
 
 
 def test_run_folders_are_unique_and_a_requeued_slurm_job_finds_its_own(monkeypatch, tmp_path):
-    """Issue 13 item 7: outputs/<date>/<time>_<suffix>, two starts in one second differ; a
+    """Issue 13 item 7: outputs/<date>/<time>-<suffix>, two starts in one second differ; a
     requeued SLURM job (same job id, SLURM_RESTART_COUNT > 0) gets the folder it made first."""
     import re
 
@@ -189,13 +189,13 @@ def test_run_folders_are_unique_and_a_requeued_slurm_job_finds_its_own(monkeypat
     for _ in range(2):
         folders.append(distributed.run_folder("outputs"))
         monkeypatch.delenv(distributed.STAMP_ENV)  # another process
-    assert all(re.fullmatch(r"outputs/\d{4}-\d\d-\d\d/\d\d-\d\d-\d\d_[a-z]{4}", f)
+    assert all(re.fullmatch(r"outputs/\d{4}-\d\d-\d\d/\d\d-\d\d-\d\d-[a-z]{4}", f)
                for f in folders) and folders[0] != folders[1]
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("SLURM_JOB_ID", "4242")
-    assert distributed.run_folder("outputs").endswith("_j4242")
-    first = Path("outputs/2020-01-01/23-59-59_j4242")  # made by the job's first start
+    assert distributed.run_folder("outputs").endswith("-j4242")
+    first = Path("outputs/2020-01-01/23-59-59-j4242")  # made by the job's first start
     first.mkdir(parents=True)
     monkeypatch.delenv(distributed.STAMP_ENV)  # the requeued job starts later
     monkeypatch.setenv("SLURM_RESTART_COUNT", "1")

@@ -243,7 +243,7 @@ STAMP_ENV = "NNRECIPE_RUN_STAMP"
 
 
 def run_stamp() -> str:
-    """'<date>/<time>_<suffix>': the run folder's readable date/time plus a suffix unique to the
+    """'<date>/<time>-<suffix>': the run folder's readable date/time plus a suffix unique to the
     job: the SLURM job id (a requeued job keeps it, so it finds its folder again), else 4
     random characters (two runs started in the same second differ). Computed once per job:
     rank 0's value reaches every rank through $NNRECIPE_RUN_STAMP (see share_run_stamp)."""
@@ -252,7 +252,7 @@ def run_stamp() -> str:
             os.environ["SLURM_ARRAY_JOB_ID"], os.environ.get("SLURM_ARRAY_TASK_ID", "0"))
         job = job or os.environ.get("SLURM_JOB_ID")
         suffix = f"j{job}" if job else "".join(random.choices(string.ascii_lowercase, k=4))
-        os.environ[STAMP_ENV] = time.strftime("%Y-%m-%d/%H-%M-%S") + "_" + suffix
+        os.environ[STAMP_ENV] = time.strftime("%Y-%m-%d/%H-%M-%S") + "-" + suffix
     return os.environ[STAMP_ENV]
 
 
@@ -261,10 +261,10 @@ def run_folder(base: str = "outputs") -> str:
     folder an earlier start of this SLURM job made (a requeued job resumes from it)."""
     job = os.environ.get("SLURM_JOB_ID")
     if job and os.environ.get("SLURM_RESTART_COUNT", "0") != "0":
-        tag = run_stamp().rpartition("_")[2]
+        tag = run_stamp().rpartition("-")[2]
         import glob
 
-        earlier = sorted(glob.glob(os.path.join(base, "*", f"*_{tag}")))
+        earlier = sorted(glob.glob(os.path.join(base, "*", f"*-{tag}")))
         if earlier:
             return earlier[0]
     return os.path.join(base, run_stamp())

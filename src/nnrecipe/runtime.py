@@ -38,6 +38,8 @@ def pick_device(name: str = "auto", local_rank: int = 0) -> torch.device:
         raise UserError(
             f"trainer.device={name} but no CUDA GPU is visible: use trainer.device=auto"
         )
+    if device.type == "cuda" and device.index is None:  # each rank its own GPU
+        device = torch.device("cuda", local_rank % torch.cuda.device_count())
     return device
 
 

@@ -41,3 +41,19 @@ class SignalledConvNet(ConvNet):
             if self.calls == self.signal_at:
                 os.kill(os.getpid(), signal.SIGTERM)
         return super().forward(x)
+
+
+class FailsOnRankOne(nn.Module):
+    """A model whose construction fails with a UserError on rank 1 only (say, a file that only
+    one node lacks)."""
+
+    def __init__(self, num_classes: int, in_chans: int):
+        super().__init__()
+        if dist.is_initialized() and dist.get_rank() == 1:
+            from nnrecipe.errors import UserError
+
+            raise UserError("model: weights file missing on rank 1's node")
+        self.head = nn.Sequential(nn.Flatten(), nn.LazyLinear(num_classes))
+
+    def forward(self, x):
+        return self.head(x)

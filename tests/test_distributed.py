@@ -97,7 +97,8 @@ def test_batchnorm_dropout_augmentation_on_two_ranks_preempted_resumes_as_never_
     assert [h["epoch"] for h in metrics(solo)["history"]] == [1, 2, 3, 4]
 
 
-def test_a_preflight_fail_and_a_nan_on_one_rank_stop_both_ranks_with_one_message(tmp_path):
+def test_a_preflight_fail_a_nan_or_a_mistake_on_one_rank_stop_both_ranks_with_one_message(
+        tmp_path):
     preflight = torchrun("checks=default", "model=linear", "data.mean=[0.0]",
                          "data.std=[0.001]", f"hydra.run.dir={tmp_path / 'fail'}", cwd=tmp_path)
     assert preflight.returncode != 0
@@ -112,6 +113,12 @@ def test_a_preflight_fail_and_a_nan_on_one_rank_stop_both_ranks_with_one_message
     (line,) = errors(nan.stderr)
     assert "train/loss became nan" in line
     assert metrics(tmp_path / "nan")["status"] == "failed"
+
+    one = torchrun("model=custom", "model._target_=dist_helpers.FailsOnRankOne",
+                   f"hydra.run.dir={tmp_path / 'one'}", cwd=tmp_path)
+    assert one.returncode != 0
+    (line,) = errors(one.stderr)  # rank 0 says what rank 1 found
+    assert "weights file missing on rank 1's node" in line
 
 
 @pytest.fixture

@@ -335,6 +335,14 @@ def wrap_model(model, sync_batchnorm: bool | None, device):
     return DistributedDataParallel(model, device_ids=ids)
 
 
+def same_buffers(model) -> None:
+    """Rank 0's buffers (BatchNorm running statistics) on every rank: per-rank statistics drift
+    apart in the last steps, and every rank should evaluate the model rank 0 saves."""
+    if launched():
+        for buffer in model.buffers():
+            dist.broadcast(buffer, src=0)
+
+
 def _sync_batchnorm_in_place(model) -> None:
     from torch import nn
 

@@ -178,6 +178,7 @@ def fit(
             state.step_in_epoch, state.epoch_loss_sum = 0, 0.0
             epoch_shuffle = shuffle.get_state()  # the next epoch's order
 
+            distributed.same_buffers(model)  # every rank evaluates the model rank 0 saves
             val = evaluate(model, data.val, trainer.eval_batch_size, trainer.precision,
                            data.num_workers)
             schedule.epoch_end(val["loss"])

@@ -176,7 +176,7 @@ def test_submitit_local_with_two_tasks_is_one_two_rank_run(tmp_path):
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     trial = tmp_path / "sweep" / "0"
-    assert metrics(trial)["status"] == "finished"
+    assert metrics(trial)["status"] == "finished" and (trial / ".hydra/config.yaml").is_file()
     log = (trial / "train.log").read_text()
     assert "2 processes (gloo)" in log
     assert log.count("epoch 1/1  train/loss") == 1  # rank 0 alone writes train.log

@@ -16,14 +16,22 @@ def _run_folder(base: str = "outputs") -> str:
     return run_folder(base)
 
 
+def _rank0_only(value):
+    from nnrecipe.distributed import rank0_only
+
+    return rank0_only(value)
+
+
 def register_resolvers() -> None:
-    """${run_folder:outputs} (conf/train.yaml's hydra.run.dir). Registered on import when
+    """${run_folder:outputs} (conf/train.yaml's hydra.run.dir) and ${rank0_only:.hydra}
+    (hydra.output_subdir, so that only rank 0 writes .hydra/). Registered on import when
     OmegaConf is loaded already (an entry point imports hydra before nnrecipe), so that every
     entry point composing train.yaml resolves it; light scripts do not pay for OmegaConf."""
     from omegaconf import OmegaConf
 
-    if not OmegaConf.has_resolver("run_folder"):
-        OmegaConf.register_new_resolver("run_folder", _run_folder)
+    for name, resolver in (("run_folder", _run_folder), ("rank0_only", _rank0_only)):
+        if not OmegaConf.has_resolver(name):
+            OmegaConf.register_new_resolver(name, resolver)
 
 
 if "omegaconf" in __import__("sys").modules:

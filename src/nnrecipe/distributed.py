@@ -270,6 +270,21 @@ def run_folder(base: str = "outputs") -> str:
     return os.path.join(base, run_stamp())
 
 
+def launch_rank() -> int:
+    """This process's rank as its launcher set it, before any process group exists: torchrun's
+    RANK, or the task number of a submitit job (SLURM or local)."""
+    executor = os.environ.get("SUBMITIT_EXECUTOR")
+    name = ("RANK" if "RANK" in os.environ else "SLURM_PROCID" if executor == "slurm"
+            else "SUBMITIT_LOCAL_GLOBALID" if executor == "local" else "RANK")
+    return _env_int(name, 0)
+
+
+def rank0_only(value):
+    """Resolver ${rank0_only:.hydra} (hydra.output_subdir): `value` in rank 0, None (nothing
+    written) in the other ranks of a job: Hydra writes .hydra/ once, from rank 0."""
+    return value if launch_rank() == 0 else None
+
+
 def share_run_stamp() -> None:
     """Give every rank rank 0's run stamp (ranks started a second apart would each make a
     folder). Called before Hydra composes the config, once the process group exists."""

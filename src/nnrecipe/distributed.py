@@ -303,12 +303,11 @@ def quiet_other_ranks() -> None:
 
 
 def hydra_overrides_for_other_ranks() -> list[str]:
-    """Command-line overrides that keep Hydra on ranks > 0 from writing .hydra/ and train.log
-    into rank 0's folder."""
+    """Command-line overrides that keep Hydra on torchrun's ranks > 0 from logging into rank 0's
+    train.log (.hydra/ is rank 0's through ${rank0_only:.hydra} in conf/train.yaml)."""
     if not launched() or is_main():
         return []
-    return ["hydra.output_subdir=null", "hydra/job_logging=disabled",
-            "hydra/hydra_logging=disabled"]
+    return ["hydra/job_logging=disabled", "hydra/hydra_logging=disabled"]
 
 
 def exit_quietly(code: int) -> None:

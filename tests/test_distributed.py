@@ -145,7 +145,8 @@ def test_sigterm_mid_epoch_writes_last_pt_exits_75_and_resume_auto_finishes_the_
         run_cli, sigterm_at_step, tmp_path):
     from nnrecipe.runtime import PREEMPTED_EXIT
 
-    common = ["model=mlp", "model.dropout=0.2", "trainer.max_epochs=3", "logger=wandb"]
+    common = ["model=mlp", "model.dropout=0.2", "trainer.max_epochs=3", "logger=wandb",
+              "trainer.num_threads=1"]  # compared bit for bit: one thread count
     patch = sigterm_at_step(50)  # epoch 2 has 40 steps: the 10th of epoch 2
     code, err, run_dir = run_cli(*common, run_dir=tmp_path / "run")
     assert code == PREEMPTED_EXIT == 75, err

@@ -61,7 +61,8 @@ def test_resume_two_plus_two_equals_four_for_every_schedule(run_train, recorder,
     from conftest import Interrupted
 
     common = ["model=mlp", "model.dropout=0.2", "trainer.max_epochs=4",
-              "trainer.checkpoint_every_s=0", *SCHEDULES[name]]
+              "trainer.checkpoint_every_s=0", *SCHEDULES[name],
+              "trainer.num_threads=1"]  # the runs compared bit for bit: one thread count
     whole = recorder()
     four, d4 = run_train(*common, run_dir=tmp_path / "four")
     recorder(stop_after_epoch=2)

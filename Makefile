@@ -19,7 +19,7 @@ train: $(STAMP)  ## the default job: convnet on the bundled digits, logged to W&
 	$(PY) src/train.py $(ARGS)
 
 test: $(STAMP)  ## every test, end-to-end ones included (what CI runs)
-	$(PY) -m pytest -q $(ARGS)
+	$(PY) -m pytest -q -n auto $(ARGS)
 
 lint: $(STAMP)
 	$(PY) -m ruff check .

@@ -5,8 +5,9 @@
     python src/train.py -m hparams_search=random         # a random-search sweep
     torchrun --standalone --nproc_per_node=2 src/train.py  # one run on 2 processes (DDP)
 
-Returns the objective (`objective`: the best epoch's val/loss, or its val/acc) that Hydra's
-sweepers optimise; a sweep's trial also leaves metrics.json for scripts/compare_runs.py.
+Returns the objective (`objective`: a val metric of the task, e.g. val/loss or val/acc, at the
+epoch with the lowest val/loss) that Hydra's sweepers optimise; a sweep's trial also leaves
+metrics.json for scripts/compare_runs.py.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from nnrecipe.sweeps import (
     objective_value,
     write_metrics,
 )
+from nnrecipe.tasks import build_task, prepare_targets
 from nnrecipe.tracking import run_identity, start_tracking
 
 log = logging.getLogger("nnrecipe")
@@ -60,8 +62,9 @@ def train(cfg: DictConfig, run_dir: Path, identity: dict | None = None) -> float
     run_dir = Path(distributed.broadcast_object(str(run_dir)))  # rank 0's folder is the run's
     runtime.seed_everything(cfg.seed)  # the same initial weights on every rank
     runtime.set_threads(cfg.trainer.num_threads, sharing=distributed.local_world())
+    task = build_task(cfg.task)  # loss, metrics, init expectations (conf/task/)
     objective = cfg.get("objective", "val/loss")
-    objective_direction(objective)  # a bad objective fails before any work
+    objective_direction(objective, task)  # a bad objective fails before any work
     device = runtime.pick_device(cfg.trainer.device, distributed.local_rank())
     runtime.set_tf32(cfg.trainer.tf32, device)
     # rank 0 decides (resume=auto looks for last.pt in its folder); the run folder and the
@@ -76,7 +79,7 @@ def train(cfg: DictConfig, run_dir: Path, identity: dict | None = None) -> float
     try:
         # Build: one object per config group; any rank's error stops every rank.
         data, model, optimizer, schedule, augment = distributed.together(
-            _build, cfg, device, resume, resume_path, run_dir)
+            _build, cfg, task, device, resume, resume_path)
         config = {**OmegaConf.to_container(cfg, resolve=True), "world_size": distributed.world()}
         tracker.update_config(config)  # with the values found while loading the data
         checkpoints = run_dir / "checkpoints"
@@ -93,7 +96,8 @@ def train(cfg: DictConfig, run_dir: Path, identity: dict | None = None) -> float
 
         # Recipe step 2: sanity checks on copies, on rank 0 while the others wait; a FAIL raises
         # PreflightFailed (a UserError) on every rank.
-        checks = distributed.on_main(_preflight, cfg, model, data, run_dir, tracker, augment)
+        checks = distributed.on_main(_preflight, cfg, task, model, data, run_dir, tracker,
+                                     augment)
         if cfg.checks.only:  # no objective: a sweeper records such a trial as failed
             distributed.main_only(write_metrics)(run_dir, "checked", checks=checks)
             tracker.finish()
@@ -102,7 +106,7 @@ def train(cfg: DictConfig, run_dir: Path, identity: dict | None = None) -> float
                     if distributed.is_main() else None)
         state = fit(model, optimizer, schedule, data, cfg.trainer, tracker,
                     checkpoints if distributed.is_main() else None, seed=cfg.seed,
-                    augment=augment, resume=resume, config=config, dynamics=dynamics)
+                    augment=augment, resume=resume, config=config, dynamics=dynamics, task=task)
         if distributed.is_main():
             save_dynamics(dynamics, run_dir, tracker, state.step)
         if state.best_epoch < 0:  # every epoch's val/loss was NaN or infinite
@@ -113,14 +117,15 @@ def train(cfg: DictConfig, run_dir: Path, identity: dict | None = None) -> float
         if best := distributed.on_main(_best_weights, checkpoints / "best.pt"):
             model.load_state_dict(best)
         test = evaluate(model, data.test, cfg.trainer.eval_batch_size, cfg.trainer.precision,
-                        data.num_workers)
-        tracker.log({"test/loss": test["loss"], "test/acc": test["acc"]}, step=state.step)
-        summary = {"best/val_loss": state.best_val_loss,
-                   "best/val_acc_at_best_loss": state.best_val_acc,
-                   "best/epoch": state.best_epoch, "test/loss": test["loss"],
-                   "test/acc": test["acc"]}
+                        data.num_workers, task)
+        test = {f"test/{m}": v for m, v in test.items()}
+        tracker.log(test, step=state.step)
+        summary = {"best/val_loss": state.best_val_loss, "best/epoch": state.best_epoch,
+                   # "at_best_loss": the epoch chosen by val/loss, not each metric's own best
+                   **{f"best/val_{m}_at_best_loss": v for m, v in state.best_val.items()
+                      if m != "loss"}, **test}
         tracker.summary(summary)
-        value = objective_value(objective, state.best_val_loss, state.best_val_acc)
+        value = objective_value(objective, state.best_val, task)
     except runtime.Preempted:
         distributed.main_only(write_metrics)(run_dir, "preempted")
         tracker.finish(preempted=True)
@@ -132,33 +137,35 @@ def train(cfg: DictConfig, run_dir: Path, identity: dict | None = None) -> float
     distributed.main_only(write_metrics)(run_dir, "finished", objective=value, summary=summary,
                                          history=state.history)
     tracker.finish()
-    trial = (f"{(identity or {}).get('name', run_dir.name)}: val/loss {state.best_val_loss:.4f}"
-             f"  val/acc {state.best_val_acc:.4f}  test/acc {test['acc']:.4f}  (best epoch "
-             f"{state.best_epoch}/{state.epoch})")  # a sweep's console shows only this line
-    log.info("best epoch %d/%d: val/loss %.4f  val/acc %.4f", state.best_epoch, state.epoch,
-             state.best_val_loss, state.best_val_acc, extra={SWEEP_LINE: trial})
-    log.info("test (best.pt): test/loss %.4f  test/acc %.4f", test["loss"], test["acc"])
+    primary = task.primary_metric()
+    val_line = "  ".join(f"val/{m} {v:.4f}" for m, v in state.best_val.items())
+    trial = (f"{(identity or {}).get('name', run_dir.name)}: {val_line}  test/{primary} "
+             f"{test[f'test/{primary}']:.4f}  (best epoch {state.best_epoch}/{state.epoch})")
+    # a sweep's console shows only the trial line
+    log.info("best epoch %d/%d: %s", state.best_epoch, state.epoch, val_line,
+             extra={SWEEP_LINE: trial})
+    log.info("test (best.pt): %s", "  ".join(f"{k} {v:.4f}" for k, v in test.items()))
     log.info("run folder: %s", run_dir)
     return value
 
 
-def _build(cfg: DictConfig, device, resume: dict | None, resume_path: Path | None,
-           run_dir: Path):
+def _build(cfg: DictConfig, task, device, resume: dict | None, resume_path: Path | None):
     """(data, model, optimizer, schedule, augmentation) as the config says; rank 0 first (a
     download, a file index) and the others after, from what it left."""
     with distributed.main_first():
         data = build_data(cfg.data, cfg.seed, device)
+    prepare_targets(task, data)  # targets as the loss sees them (standardised regression)
     distributed.check_global_batch(cfg.data.batch_size)  # the global batch: each rank a share
     if distributed.launched():
         log.info("%d processes (%s): data.batch_size=%d is the global batch, %d per rank",
                  distributed.world(), distributed.backend(), cfg.data.batch_size,
                  cfg.data.batch_size // distributed.world())
     example, _ = next(iterate_batches(data.train, 2, device=device))
-    model = build_model(cfg.model, example, data.num_classes)
+    model = build_model(cfg.model, example, data.num_classes, task)
     if resume is not None:
         config = {**OmegaConf.to_container(cfg, resolve=True)}
         check_model_fits(resume, model, config, resume_path)
-    init_head_bias(model, data.train.labels, data.num_classes, cfg.init.head_bias)
+    init_head_bias(model, data.train.labels, data.num_classes, cfg.init.head_bias, task)
     optimizer = build_optimizer(cfg.optimizer, model)
     steps_per_epoch = num_batches(data.train, data.batch_size)
     schedule = Schedule(cfg.schedule, optimizer, steps_per_epoch, cfg.trainer.max_epochs)
@@ -170,11 +177,12 @@ def _best_weights(path: Path) -> dict | None:
     return load_checkpoint(path)["model"] if path.exists() else None
 
 
-def _preflight(cfg: DictConfig, model, data, run_dir: Path, tracker, augment) -> dict:
+def _preflight(cfg: DictConfig, task, model, data, run_dir: Path, tracker, augment) -> dict:
     """The preflight's statuses by check (rank 0 runs it; the result reaches every rank)."""
     report = run_preflight(model, data, cfg.checks, run_dir, tracker, seed=cfg.seed,
                            make_optimizer=lambda m: build_optimizer(cfg.optimizer, m),
-                           augment=augment, head_bias_requested=cfg.init.head_bias == "prior")
+                           augment=augment, head_bias_requested=cfg.init.head_bias == "prior",
+                           task=task)
     return {r.name: r.status for r in report.results}
 
 

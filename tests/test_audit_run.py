@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from conftest import ROOT
@@ -102,6 +103,27 @@ def test_nearest_neighbours_match_brute_force():
     assert torch.allclose(dist, want.clamp_min(0), atol=1e-5)
 
 
+def test_large_pools_use_faiss_and_still_find_each_nearest_neighbour():
+    """Above exact_max rows: FAISS's inverted-file index. On clustered points (images are)
+    it finds the true nearest neighbour, never returns a row as its own, and an exact copy is
+    a neighbour at distance 0."""
+    pytest.importorskip("faiss")
+    from nnrecipe.audit.embed import nearest_neighbours
+
+    g = torch.Generator().manual_seed(0)
+    centres = torch.randn(20, 16, generator=g)
+    z = centres[torch.arange(2000) % 20] + 0.3 * torch.randn(2000, 16, generator=g)
+    z[1] = z[0]  # an exact copy: ties with the row itself
+    z = torch.nn.functional.normalize(z, dim=1)
+    dist, idx = nearest_neighbours(z, k=3, progress=False, exact_max=100)
+    exact_dist, exact_idx = nearest_neighbours(z, k=3, progress=False)
+    assert not (idx == torch.arange(2000)[:, None]).any()
+    assert idx[0, 0] == 1 and idx[1, 0] == 0 and dist[0, 0] < 1e-5
+    assert (idx[:, 0] == exact_idx[:, 0]).float().mean() > 0.98
+    assert torch.allclose(dist[:, 0], exact_dist[:, 0], atol=1e-4) or (
+        (dist[:, 0] - exact_dist[:, 0]).abs() < 1e-4).float().mean() > 0.98
+
+
 def wandb_records(run_dir: Path) -> list[dict]:
     (run,) = Path(run_dir).glob("wandb/offline-run-*")
     cli = Path(sys.executable).with_name("wandb")
@@ -143,7 +165,7 @@ def test_checkpoint_adds_the_models_view(run_train, audit_cfg, tmp_path):
     view = f["model"]
     assert view["checkpoint"].endswith("best.pt")
     # same splits, normalisation and weights as training: the same validation accuracy
-    assert view["accuracy"]["val"] == pytest.approx(best["fit_state"]["best_val_acc"], abs=1e-3)
+    assert view["accuracy"]["val"] == pytest.approx(best["fit_state"]["best_val"]["acc"], abs=1e-3)
     val = torch.tensor(view["confusion_matrix"]["val"])
     assert val.sum() == f["splits"]["val"]["size"]
     assert val.diagonal().sum() / val.sum() == pytest.approx(view["accuracy"]["val"], abs=1e-3)
@@ -155,6 +177,21 @@ def test_checkpoint_adds_the_models_view(run_train, audit_cfg, tmp_path):
     assert "figures/confusion_matrix.png" in md and "figures/highest_loss_val.png" in md
     report = json.loads((tmp_path / "audit" / "report.json").read_text())
     assert report["model"]["per_class_accuracy"]["val"].keys() == set(map(str, range(10)))
+
+
+def test_checkpoint_view_uses_the_checkpoints_splits_not_the_audits(run_train, audit_cfg,
+                                                                     tmp_path):
+    """A model trained on another split: its "val" must be its own validation images."""
+    from nnrecipe.audit import run_audit
+    from nnrecipe.checkpoint import load_checkpoint
+
+    _, run_dir = run_train("trainer.max_epochs=1", "model=linear", "trainer.num_threads=1",
+                           "seed=3", "data.val_fraction=0.3")
+    best = load_checkpoint(run_dir / "checkpoints" / "best.pt")
+    f = run_audit(audit_cfg(f"checkpoint={run_dir}"), tmp_path / "audit")  # seed 0, val 0.15
+    assert f["splits"]["val"]["size"] == round(0.3 * 1797)
+    assert f["model"]["accuracy"]["val"] == pytest.approx(best["fit_state"]["best_val"]["acc"],
+                                                          abs=1e-3)
 
 
 def test_checkpoint_of_other_data_is_a_clear_error(run_train, audit_cfg, tmp_path):
@@ -181,3 +218,23 @@ def test_command_writes_report_into_its_hydra_run_folder(tmp_path):
     assert len(report["channel_mean"]) == 3 and report["splits"]["test"]["size"] == 45
     assert (out / "report.md").read_text().startswith("# Data audit")
     assert "mean: [" in proc.stderr + proc.stdout  # ready to paste into a data config
+
+
+def test_outlier_statistics_of_uint8_thumbnails_equal_the_float_ones():
+    from nnrecipe.audit.outliers import _uint8_stats, image_stats
+
+    x8 = torch.randint(0, 256, (50, 3, 12, 10), dtype=torch.uint8,
+                       generator=torch.Generator().manual_seed(0))
+    assert np.allclose(_uint8_stats(x8), image_stats(x8.float() / 255), atol=1e-5)
+
+
+def test_the_label_model_fits_on_a_sample_of_a_large_pool_and_predicts_every_image(audit_cfg):
+    from nnrecipe.audit.labels import accuracy, out_of_fold_probs
+    from nnrecipe.audit.pool import build_pool
+    from nnrecipe.data import build_data
+
+    cfg = audit_cfg()
+    pool = build_pool(build_data(cfg.data, 0, "cpu"), 32, False)  # the digits
+    probs = out_of_fold_probs(pool, fit_max=600)
+    assert probs.shape == (len(pool), 10) and np.allclose(probs.sum(1), 1, atol=1e-5)
+    assert accuracy(pool, probs) > 0.85

@@ -164,15 +164,27 @@ CATALOG = [
     bad("num-classes-wrong", "data.num_classes=5", says="data.num_classes=5 but the data has 10"),
     bad("offline-torchvision-set", "data=mnist", "data.download=false",
         "data.root={tmp}/nothing-here", says="copy the files into"),
+    bad("cache-unknown", "data=image_folder", "data.root={images}", "data.cache=disk",
+        make=image_folder, says="data.cache=disk must be index, memory or none"),
+    bad("misspelt-folder-key", "data=image_folder", "data.root={images}", "+data.imagesize=8",
+        make=image_folder, says="did you mean data.image_size?"),
+    bad("hf-path-missing", "data=hf", "data.path={tmp}/no-such-set", says="does not exist"),
+    bad("hf-path-unset", "data=hf", says="data.path must be set"),
+    bad("webdataset-no-shards", "data=webdataset", "data.shards={tmp}", says="no .tar shards"),
     bad("single-class", "data=image_folder", "data.root={images}", "model=linear",
-        "trainer.max_epochs=1", make=one_class,
-        says="one class", owner="data", why="item 12: a single-class folder fails the "
-        "preflight with 'all-zero gradient' instead of naming the one class found"),
+        "trainer.max_epochs=1", make=one_class, says="only one class was found"),
     # models
     bad("timm-name-misspelt", "model=timm", "model.name=resnet181", says="Did you mean: resnet18"),
     bad("head-too-small", "model=linear", "model.num_classes=5", says="outputs [2, 5]"),
     bad("custom-model-not-importable", "model=custom", "model._target_=nopkg.Net",
         says="could not build model"),
+    bad("init-from-missing", "model.init_from={tmp}/no/such/run", says="does not exist"),
+    bad("init-from-another-model", "model.init_from={run}", says="another architecture"),
+    bad("spatial-dropout-above-1", "model.spatial_dropout=1.5",
+        says="model.spatial_dropout=1.5 must be in [0, 1)"),
+    bad("freeze-negative", "model.freeze_epochs=-1", says="model.freeze_epochs=-1 must be >= 0"),
+    bad("pretrained-file-missing", "model=timm", "model.name=test_resnet",
+        "model.pretrained_file={tmp}/none.pth", says="pretrained_file="),
     # checkpoints
     bad("resume-missing", "trainer.resume={tmp}/no/such/last.pt", says="does not exist"),
     bad("resume-garbage", "trainer.resume={file}", make=garbage_checkpoint, says="unreadable"),
@@ -182,6 +194,20 @@ CATALOG = [
     # checks
     bad("unknown-check-skipped", "checks=default", "checks.skip=[leakagee]",
         says="unknown checks ['leakagee']"),
+    # tasks and tables
+    bad("task-and-data-disagree", "data=diabetes", "task=classification",
+        says="holds values targets but task=classification learns classes: use task=regression"),
+    bad("objective-of-another-task", "data=diabetes", "objective=val/acc",
+        says="not a metric of task regression: use one of val/loss, val/mae"),
+    bad("regression-loss-unknown", "data=diabetes", "task.loss=mae",
+        says="task.loss=mae must be mse, huber or l1"),
+    bad("multilabel-threshold", "data=digits_multilabel", "task.threshold=1.5",
+        says="task.threshold=1.5 must be in (0, 1)"),
+    bad("mixup-on-regression", "data=diabetes", "augmentation=mixup",
+        says="augmentation=mixup (mixup/cutmix) mixes class labels"),
+    bad("table-without-path", "data=tabular", "data.target=y", says="data.path must be set"),
+    bad("table-missing", "data=tabular", "data.path={tmp}/no.csv", "data.target=y",
+        says="no such file"),
 ]
 
 
@@ -203,15 +229,10 @@ def test_bad_input(run_cli, tmp_path, trained_run, overrides, says, make):
 
 
 HONOURED = [
-    pytest.param("data.std=[0.5]", "data.std", [0.5], id="std-without-mean",
-                 marks=pytest.mark.xfail(strict=True, reason="data slice: item 1, data.std "
-                                         "given without data.mean is recomputed")),
-    pytest.param("data.in_chans=3", "data.in_chans", 3, id="digits-in-chans",
-                 marks=pytest.mark.xfail(strict=True, reason="data slice: item 1, keys a "
-                                         "source does not use are swallowed by **cfg")),
-    pytest.param("+data.batchsize=16", "data.batchsize", None, id="misspelt-data-key",
-                 marks=pytest.mark.xfail(strict=True, reason="data slice: item 1, a misspelt "
-                                         "data key is accepted")),
+    pytest.param("data.std=[0.5]", "data.std", [0.5], id="std-without-mean"),
+    pytest.param("data.in_chans=3", "data.in_chans", 3, id="digits-in-chans"),
+    pytest.param("+data.batchsize=16", "data.batchsize", None, id="misspelt-data-key"),
+    pytest.param("data.image_size=16", "data.image_size", 16, id="digits-image-size"),
 ]
 
 

@@ -11,7 +11,7 @@ from nnrecipe.config import validate
 from nnrecipe.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
-GROUPS = ["data", "model", "optimizer", "schedule", "augmentation", "logger", "trainer"]
+GROUPS = ["data", "task", "model", "optimizer", "schedule", "augmentation", "logger", "trainer"]
 OPTIONS = [(g, p.stem) for g in GROUPS for p in sorted((ROOT / "conf" / g).glob("*.yaml"))]
 
 
@@ -20,8 +20,12 @@ def test_every_option_composes(compose_cfg, group, option):
     overrides = [f"{group}={option}"]
     if option == "image_folder":
         overrides.append("data.root=/some/images")
+    if option in ("hf", "webdataset"):  # their mandatory keys
+        overrides.append("data.path=/some/set" if option == "hf" else "data.shards=/some/tars")
     if option == "custom":
         overrides.append("model._target_=mypkg.MyNet")
+    if option == "tabular":
+        overrides += ["data.path=table.csv", "data.target=y"]
     cfg = compose_cfg(*overrides, logger="wandb" if group != "logger" else option)
     validate(cfg)  # every shipped option passes validation: no false alarm
     resolved = OmegaConf.to_container(cfg, resolve=True)[group]  # interpolations resolve
@@ -131,4 +135,4 @@ def test_extra_keys_of_a_user_class_are_checked_against_its_signature(compose_cf
     validate(compose_cfg(*target, "+model.hidden=5"))
     with pytest.raises(UserError, match="takes no argument 'hiden'.*did you mean model.hidden"):
         validate(compose_cfg(*target, "+model.hiden=5"))
-    validate(compose_cfg("model=timm", "+model.drop_path_rate=0.1"))  # **kwargs: passed on
+    validate(compose_cfg("model=timm", "+model.drop_rate=0.1"))  # **kwargs: passed on

@@ -242,8 +242,8 @@ def test_file_splits_shard_with_a_distributed_sampler_and_evaluate_each_file_onc
 
     for i in range(10):
         Image.new("L", (2, 2), color=i).save(tmp_path / f"{i}.png")
-    split = FileSplit(tmp_path, [f"{i}.png" for i in range(10)], list(range(10)),
-                      transform=lambda image: torch.zeros(1))
+    split = FileSplit(tmp_path, [f"{i}.png" for i in range(10)], list(range(10)), in_chans=1,
+                      image_size=2)
 
     def labels(**kw):
         return [y.tolist() for _, y in iterate_batches(split, **kw)]

@@ -69,7 +69,7 @@ def test_slurm_preset_is_a_submitit_slurm_launcher():
 def test_objective_is_checked_and_picks_the_metric():
     assert sweeps.objective_direction("val/loss") == "minimize"
     assert sweeps.objective_direction("val/acc") == "maximize"
-    assert sweeps.objective_value("val/acc", 0.3, 0.9) == 0.9
+    assert sweeps.objective_value("val/acc", {"loss": 0.3, "acc": 0.9}) == 0.9
     with pytest.raises(UserError, match="val/loss, val/acc"):
         sweeps.objective_direction("val/los")
 
@@ -189,7 +189,8 @@ def fake_trial(sweep: Path, num: int, overrides: list[str], val_loss: float | No
         sweeps.write_metrics(folder, "failed", error="Diverged: train/loss became nan")
         return
     acc = 1 - val_loss / 2
-    summary = {"best/val_loss": val_loss, "best/val_acc_at_best_loss": acc, "test/acc": acc - 0.01}
+    summary = {"best/val_loss": val_loss, "best/val_acc_at_best_loss": acc,
+               "test/acc": acc - 0.01}
     history = [{"epoch": 1, "val/loss": val_loss + 0.5, "val/acc": acc - 0.1},
                {"epoch": 2, "val/loss": val_loss, "val/acc": acc}]
     sweeps.write_metrics(folder, "finished", objective=val_loss, summary=summary,

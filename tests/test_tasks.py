@@ -10,7 +10,14 @@ import torch.nn.functional as F
 from sklearn.metrics import average_precision_score, f1_score, r2_score
 
 from nnrecipe.errors import UserError
-from nnrecipe.tasks import Classification, MultiLabel, Regression, add_stats, plain_split
+from nnrecipe.tasks import (
+    Classification,
+    MultiLabel,
+    Regression,
+    add_stats,
+    plain_split,
+    reduce_stats,
+)
 
 
 def summed(task, outputs, targets, batch=7):
@@ -69,11 +76,11 @@ def test_regression_reports_in_the_targets_units():
     assert m["rmse"] == pytest.approx(np.sqrt(((pred - truth) ** 2).mean()), rel=1e-4)
     assert m["r2"] == pytest.approx(r2_score(truth, pred), rel=1e-4)
     # init well: the bias at the target mean gives the targets' variance (~1 standardised)
-    at_mean, _ = task.expected_init_loss(raw[:150], 2, head_at_constant=True)
+    at_mean, _ = task.expected_init_loss(y[:150], 2, head_at_constant=True)
     assert at_mean == pytest.approx(149 / 150, rel=1e-3)
     unscaled = Regression(standardize_targets=False)
     unscaled.fit_targets(raw[:150])
-    zero, _ = unscaled.expected_init_loss(raw[:150], 2, head_at_constant=False)
+    zero, _ = unscaled.expected_init_loss(unscaled.encode(raw[:150]), 2, head_at_constant=False)
     assert zero > 2000  # ~50^2: why the recipe sets the final bias to the mean
 
 
@@ -127,3 +134,22 @@ def test_plain_split_is_a_partition_fixed_by_seed():
     assert sorted(np.concatenate(a).tolist()) == list(range(100))
     with pytest.raises(UserError, match="too few"):
         plain_split(2, [0.5, 0.5], seed=0)
+
+
+def test_stats_summed_over_ranks_in_one_collective_equal_one_pass():
+    """What distributed evaluate() does: each rank sums its shard, one all-reduce adds them."""
+    g = torch.Generator().manual_seed(4)
+    y = (torch.rand(40, 3, generator=g) < 0.3).float()
+    logits = torch.randn(40, 3, generator=g)
+    task = MultiLabel(bins=50)
+    shards = [task.batch_stats(logits[i:i + 10], y[i:i + 10]) for i in range(0, 40, 10)]
+    calls = []
+
+    def fake_all_reduce_sum(flat):  # what 4 ranks' all_reduce(SUM) leaves on each of them
+        calls.append(flat.shape)
+        flat.copy_(sum(torch.cat([s[k].double().reshape(-1) for k in sorted(s)]) for s in shards))
+        return flat
+
+    reduced = reduce_stats(shards[0], fake_all_reduce_sum)
+    assert len(calls) == 1
+    assert task.metrics(reduced) == pytest.approx(summed(task, logits, y, batch=40))

@@ -23,6 +23,10 @@ def build_augmentation(cfg: DictConfig, data: DataBundle):
     if name == "randaugment":
         return randaugment(cfg, data)
     if name == "mixup":
+        targets = getattr(data, "targets", "classes")
+        if targets != "classes":  # soft targets are mixtures of classes
+            raise UserError(f"augmentation=mixup (mixup/cutmix) mixes class labels, but this "
+                            f"data has {targets} targets: use augmentation=none")
         return mixup(cfg, data.num_classes)
     raise UserError(f"unknown augmentation.name={name!r}: none|flip_crop|randaugment|mixup")
 

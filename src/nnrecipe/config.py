@@ -64,6 +64,9 @@ RULES: list[tuple[str, str | None, str | None, object]] = [
     ("trainer.precision", None, "fp32, bf16 or fp16", lambda v: v in ("fp32", "bf16", "fp16")),
     ("trainer.resume", "str", None, None),
     ("trainer.sync_batchnorm", "bool", "true, false or null (null: on with several GPUs)", None),
+    ("checks.budget_s", "float", "> 0 (null: the checks' full sizes)", _positive),
+    ("checks.num_threads", "int", ">= 1 (null: the trainer's, fewer on busy cores)",
+     _at_least(1)),
     ("*_s", "float", ">= 0", _at_least(0)),  # seconds: 60 in a YAML, 0.5 on the command line
     ("trainer.log_every_n_steps", None, ">= 1", _at_least(1)),
     ("*min_delta", None, ">= 0", _at_least(0)),
@@ -74,7 +77,20 @@ RULES: list[tuple[str, str | None, str | None, object]] = [
     ("data.mean", "list", None, None),
     ("data.std", "list", "> 0 per channel", _positive),
     ("data.root", "str", None, None),
+    ("data.split_seed", None, ">= 0", _at_least(0)),
+    ("data.cache", None, "index, memory or none", lambda v: v in ("index", "memory", "none")),
+    ("data.cache_dir", "str", None, None),
     ("model.dropout", None, "in [0, 1)", _fraction),
+    ("model.spatial_dropout", None, "in [0, 1)", _fraction),
+    ("model.drop_path_rate", None, "in [0, 1)", _fraction),
+    ("model.init_from", "str", "a run folder or .pt (null: off)", None),
+    ("model.pretrained_file", "str", None, None),
+    ("model.freeze_epochs", None, ">= 0", _at_least(0)),
+    ("trainer.ema.decay", "float", "in (0, 1) (null: off)", lambda v: 0 < v < 1),
+    ("trainer.ema.evaluate_with", None, "ema or raw", lambda v: v in ("ema", "raw")),
+    ("distill.alpha", None, "in [0, 1]", _probability),
+    ("distill.temperature", None, "> 0", _positive),
+    ("inside.every_n_epochs", None, ">= 0", _at_least(0)),
     ("schedule.warmup_epochs", None, ">= 0", _at_least(0)),
     ("schedule.step_epochs", None, ">= 1", _at_least(1)),
     ("schedule.gamma", None, "> 0", _positive),
@@ -90,6 +106,16 @@ RULES: list[tuple[str, str | None, str | None, object]] = [
     ("augmentation.num_ops", None, ">= 0", _at_least(0)),
     ("augmentation.magnitude", None, ">= 0", _at_least(0)),
     ("init.head_bias", None, "prior or zero", lambda v: v in ("prior", "zero")),
+    ("task.label_smoothing", None, "in [0, 1)", _fraction),
+    ("task.loss", None, "mse, huber or l1", lambda v: v in ("mse", "huber", "l1")),
+    ("task.huber_delta", None, "> 0", _positive),
+    ("task.threshold", None, "in (0, 1)", lambda v: 0 < v < 1),
+    ("task.bins", None, ">= 2", _at_least(2)),
+    ("data.targets", None, "classes, values or labels",
+     lambda v: v in ("classes", "values", "labels")),
+    ("data.path", "str", None, None),
+    ("data.columns", "list", None, None),
+    ("data.categorical", "list", None, None),
     ("logger.entity", "str", None, None),
     ("logger.group", "str", None, None),
 ]
@@ -236,7 +262,7 @@ def _check_keys(prefix: str, value: dict, refs: list[dict], problems: list[str])
     known = {k for r in refs for k in r}
     unknown = [k for k in value if k not in known]
     if unknown and "_target_" in value:
-        _check_arguments(prefix, value, unknown, problems)
+        _check_arguments(prefix, value, unknown, problems, known)
     elif unknown and refs:
         problems += [_unknown(k, prefix, known) for k in unknown]
     for k in value:
@@ -353,7 +379,8 @@ def _yaml_hint(value, kinds) -> str:
     return ""
 
 
-def _check_arguments(prefix: str, value: dict, extra: list[str], problems: list[str]) -> None:
+def _check_arguments(prefix: str, value: dict, extra: list[str], problems: list[str],
+                     known=()) -> None:
     """Keys the defaults do not have, on a group built from `_target_`: passed to the target as
     keyword arguments, so they must be arguments it takes (of the annotated type, if any)."""
     from hydra.utils import get_object
@@ -368,10 +395,11 @@ def _check_arguments(prefix: str, value: dict, extra: list[str], problems: list[
     hints = _annotations(target)
     for k in extra:
         if k not in params and not takes_any:
-            close = difflib.get_close_matches(k, list(params), n=1)
+            takes = sorted({*params, *known} - {"self", "_target_"})  # its YAML's keys too
+            close = difflib.get_close_matches(k, takes, n=1)
             hint = f" (did you mean {prefix}.{close[0]}?)" if close else ""
             problems.append(f"{prefix}.{k}: {value['_target_']} takes no argument {k!r}{hint}; "
-                            f"it takes {', '.join(p for p in params if p not in ('self',))}")
+                            f"it takes {', '.join(takes)}")
         elif k in hints and hints[k] in (int, float, bool, str):
             kinds = {hints[k].__name__}
             if not _fits(value[k], kinds):

@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import nn
 from tqdm.auto import tqdm
@@ -26,6 +25,7 @@ from nnrecipe.data import DataBundle, TensorSplit, iterate_batches, num_batches
 from nnrecipe.data.batches import global_batch_sizes
 from nnrecipe.errors import UserError
 from nnrecipe.optim import Schedule
+from nnrecipe.tasks import Classification, Task, add_stats, reduce_stats
 from nnrecipe.tracking import Tracker
 
 log = logging.getLogger("nnrecipe")
@@ -45,7 +45,7 @@ class FitState:
     epoch: int = 0              # epochs completed
     step: int = 0               # optimizer steps taken
     best_val_loss: float = math.inf
-    best_val_acc: float = 0.0   # val/acc of the best val/loss epoch
+    best_val: dict = field(default_factory=dict)  # every val metric of the best epoch
     best_epoch: int = -1
     bad_epochs: int = 0         # epochs since the last improvement (early stopping)
     history: list[dict] = field(default_factory=list)  # one dict of metrics per epoch
@@ -63,30 +63,30 @@ def autocast(device: torch.device, precision: str):
 
 @torch.no_grad()
 def evaluate(model: nn.Module, split, batch_size: int, precision: str = "fp32",
-             num_workers: int = 0, shard: bool = True) -> dict[str, float]:
-    """Mean cross-entropy and accuracy of `model` over the whole split, in eval mode.
+             num_workers: int = 0, task: Task | None = None,
+             shard: bool = True) -> dict[str, float]:
+    """The task's metrics (val/loss, val/acc ... ) of `model` over the whole split, in eval mode:
+    per-batch sums (task.batch_stats) added up, then turned into metrics.
 
     In a distributed run (`shard`) each rank evaluates its contiguous share of the split and
     the sums are added over ranks: every sample counts exactly once. Call it on every rank, or
     with shard=False on one.
     """
+    task = task or Classification()
     device = next(model.parameters()).device
     rank, world = (distributed.rank(), distributed.world()) if shard else (0, 1)
     was_training = model.training
     model.eval()
-    exact = torch.float32 if device.type == "mps" else torch.float64  # MPS has no float64
-    sums = torch.zeros(2, device=device, dtype=exact)  # loss, correct: summed over ranks
+    sums = None  # summed stats, then summed over ranks
     for x, y in iterate_batches(split, batch_size, device=device, num_workers=num_workers,
                                 rank=rank, world=world):
         with autocast(device, precision):
-            logits = model(x)
-        sums[0] += F.cross_entropy(logits.float(), y, reduction="sum")
-        sums[1] += (logits.argmax(1) == y).sum()
+            outputs = model(x)
+        sums = add_stats(sums, task.batch_stats(outputs, y))
     model.train(was_training)
     if world > 1:
-        distributed.all_reduce_sum(sums)
-    loss, correct = sums.tolist()
-    return {"loss": loss / len(split), "acc": correct / len(split)}
+        sums = reduce_stats(sums, distributed.all_reduce_sum)
+    return task.metrics(sums)
 
 
 def fit(
@@ -102,6 +102,7 @@ def fit(
     resume: dict | None = None,
     config: dict | None = None,
     dynamics=None,
+    task: Task | None = None,
 ) -> FitState:
     """Train for trainer.max_epochs, evaluating on the whole validation split after each epoch.
 
@@ -111,7 +112,9 @@ def fit(
     `dynamics`: a checks.PredictionDynamics (or None) that records predictions each epoch.
     On SIGTERM/SIGUSR1 the step that runs finishes, last.pt is written and
     runtime.Preempted is raised.
+    `task`: loss and metrics (nnrecipe.tasks; None: classification).
     """
+    task = task or Classification()
     device = next(model.parameters()).device
     rank, world = distributed.rank(), distributed.world()
     net = distributed.wrap_model(model, trainer.get("sync_batchnorm"), device)
@@ -150,7 +153,7 @@ def fit(
                 if augment is not None:
                     x, y = augment(x, y)
                 with autocast(device, precision):
-                    loss = F.cross_entropy(net(x), y)
+                    loss = task.loss(net(x), y)
                 if shares:  # ranks: DDP's mean of their losses is the global batch's mean
                     loss = loss * shares[state.step_in_epoch]
                 optimizer.zero_grad(set_to_none=True)
@@ -180,7 +183,7 @@ def fit(
 
             distributed.same_buffers(model)  # every rank evaluates the model rank 0 saves
             val = evaluate(model, data.val, trainer.eval_batch_size, trainer.precision,
-                           data.num_workers)
+                           data.num_workers, task)
             schedule.epoch_end(val["loss"])
             state.epoch = epoch + 1
             if dynamics is not None:  # eval mode, no grad: draws no random numbers
@@ -191,12 +194,12 @@ def fit(
             state.bad_epochs = 0 if progress else state.bad_epochs + 1
             improved = val["loss"] < state.best_val_loss
             if improved:
-                state.best_val_loss, state.best_val_acc = val["loss"], val["acc"]
+                state.best_val_loss, state.best_val = val["loss"], dict(val)
                 state.best_epoch = state.epoch
-            metrics = {"epoch": state.epoch, "val/loss": val["loss"], "val/acc": val["acc"]}
+            metrics = {"epoch": state.epoch, **{f"val/{m}": v for m, v in val.items()}}
             state.history.append(metrics)
             tracker.log(metrics, step=state.step)
-            bar.set_postfix({"val/loss": f"{val['loss']:.4f}", "val/acc": f"{val['acc']:.4f}"})
+            bar.set_postfix({f"val/{m}": f"{v:.4f}" for m, v in val.items()})
             _log_epoch_line(state, trainer.max_epochs, train_loss, val, time.monotonic() - started)
 
             # patience P: stop after P epochs without progress (0 acts as 1: an improving epoch
@@ -289,8 +292,9 @@ def _log_epoch_line(state: FitState, max_epochs: int, train_loss: float, val: di
                     seconds: float) -> None:
     """One line per epoch in train.log (the learning curve), and on the console when no
     progress bar shows it (a pipe, `tee`, a SLURM log)."""
-    log.info("epoch %d/%d  train/loss %.4f  val/loss %.4f  val/acc %.4f  %.2fs", state.epoch,
-             max_epochs, train_loss, val["loss"], val["acc"], seconds, extra={EPOCH_LINE: True})
+    metrics = "  ".join(f"val/{m} {v:.4f}" for m, v in val.items())
+    log.info("epoch %d/%d  train/loss %.4f  %s  %.2fs", state.epoch, max_epochs, train_loss,
+             metrics, seconds, extra={EPOCH_LINE: True})
 
 
 @contextlib.contextmanager
@@ -341,7 +345,10 @@ def _restore(ckpt: dict, model, optimizer, schedule, scaler, shuffle) -> FitStat
     scaler.load_state_dict(ckpt["scaler"])
     runtime.set_rng_state(_rank_rng(ckpt))
     shuffle.set_state(ckpt["shuffle_rng"])
-    return FitState(**ckpt["fit_state"])
+    state = dict(ckpt["fit_state"])
+    if "best_val_acc" in state:  # written before the task group: val metrics were loss and acc
+        state["best_val"] = {"loss": state["best_val_loss"], "acc": state.pop("best_val_acc")}
+    return FitState(**state)
 
 
 def _rank_rng(ckpt: dict) -> dict:

@@ -19,7 +19,27 @@ def build_optimizer(cfg: DictConfig, model: nn.Module) -> torch.optim.Optimizer:
     if not cfg.get("lr", 0) > 0:
         raise UserError(f"optimizer.lr must be positive, got {cfg.get('lr')}")
     params = [p for p in model.parameters() if p.requires_grad]
+    if not cfg.get("decay_norm_and_bias", True) and cfg.get("weight_decay", 0):
+        params = decay_groups(model)
+    if "decay_norm_and_bias" in cfg:  # nnrecipe's key, not the optimizer class's
+        cfg = OmegaConf.create({k: v for k, v in OmegaConf.to_container(cfg, resolve=True).items()
+                                if k != "decay_norm_and_bias"})
     return instantiate(cfg, "optimizer", params=params)
+
+
+def decay_groups(model: nn.Module) -> list[dict]:
+    """optimizer.decay_norm_and_bias=false: weight decay on weight matrices and kernels only.
+    Biases and normalisation scales/shifts (every 1-d parameter) and what the model names in
+    no_weight_decay() (timm: position embeddings, class tokens) get none: decaying them pulls
+    the scales of normalised layers toward 0 without regularising what the layers compute."""
+    skip = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            exempt = p.ndim <= 1 or name in skip or name.split(".")[0] in skip
+            (no_decay if exempt else decay).append(p)
+    groups = [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return [g for g in groups if g["params"]]
 
 
 class Schedule:

@@ -20,23 +20,33 @@ import yaml
 
 from nnrecipe.errors import UserError
 
-OBJECTIVES = {"val/loss": "minimize", "val/acc": "maximize"}
-# What a trial is compared on: the best epoch's val/loss, the val/acc of that same epoch (not the
-# best val/acc: hence the name) and test/acc of best.pt.
-METRICS = {"val/loss": "best/val_loss", "val/acc": "best/val_acc_at_best_loss",
-           "test/acc": "test/acc"}
+
+def objective_direction(objective: str, task=None) -> str:
+    """'val/<metric>' -> minimize | maximize, from the task (an instance, a class, its
+    `_target_`, or None: classification). Also the `objective_direction` resolver of
+    conf/hparams_search: `${objective_direction:${objective},${task._target_}}`."""
+    from nnrecipe.tasks import task_class
+
+    return task_class(task).objective_direction(objective)
 
 
-def objective_direction(objective: str) -> str:
-    if objective not in OBJECTIVES:
-        raise UserError(f"objective={objective!r}: use one of {', '.join(OBJECTIVES)}")
-    return OBJECTIVES[objective]
+def objective_value(objective: str, best_val: dict[str, float], task=None) -> float:
+    """What train() returns to a sweeper: the objective's metric at the best (lowest val/loss)
+    epoch; `best_val` holds that epoch's val metrics (FitState.best_val)."""
+    objective_direction(objective, task)
+    return best_val[objective.partition("/")[2]]
 
 
-def objective_value(objective: str, best_val_loss: float, best_val_acc: float) -> float:
-    """What train() returns to a sweeper: the best epoch's val/loss, or its val/acc."""
-    objective_direction(objective)
-    return best_val_loss if objective == "val/loss" else best_val_acc
+def summary_metrics(task=None) -> dict[str, str]:
+    """What a trial is compared on -> its key in the W&B summary / metrics.json: every val
+    metric of the best epoch, and the test value of the task's primary metric (acc, mae, map)."""
+    from nnrecipe.tasks import task_class
+
+    cls = task_class(task)
+    metrics = {"val/loss": "best/val_loss"}
+    metrics |= {f"val/{m}": f"best/val_{m}_at_best_loss" for m in cls.directions if m != "loss"}
+    primary = cls.primary_metric()
+    return metrics | {f"test/{primary}": f"test/{primary}"}
 
 
 def write_metrics(run_dir: Path, status: str, **fields) -> Path:
@@ -195,6 +205,15 @@ def _load_trial(folder: Path, index: int) -> Trial:
     return trial
 
 
+def task_of(trials: list[Trial]) -> str | None:
+    """The `_target_` of the trials' task (None: classification, also for sweeps run before
+    the task group existed)."""
+    targets = {(t.config.get("task") or {}).get("_target_") for t in trials}
+    if len(targets) > 1:
+        raise UserError(f"the trials learn different tasks ({sorted(map(str, targets))})")
+    return targets.pop()
+
+
 def objective_of(trials: list[Trial]) -> str:
     objectives = {t.config.get("objective", "val/loss") for t in trials}
     if len(objectives) > 1:
@@ -226,7 +245,8 @@ class SeedGroup:
     stats: dict[str, tuple[float, float]]  # metric (val/loss, val/acc, test/acc) -> mean, std
 
 
-def aggregate_seeds(trials: list[Trial], keys: list[str], direction: str) -> list[SeedGroup]:
+def aggregate_seeds(trials: list[Trial], keys: list[str], direction: str,
+                    objective: str = "val/loss", task=None) -> list[SeedGroup]:
     """Finished trials that differ only by seed, grouped: mean ± std of each metric. Best first.
     Trials scored on different data splits never share a group: their test sets differ."""
     groups: dict[tuple, list[Trial]] = {}
@@ -234,12 +254,11 @@ def aggregate_seeds(trials: list[Trial], keys: list[str], direction: str) -> lis
         if t.objective is not None:
             values = tuple((k, t.overrides.get(k)) for k in keys if k != "seed")
             groups.setdefault((values, t.split_hash), []).append(t)
-    result = []
+    result, metrics = [], summary_metrics(task)
     for (values, _), members in groups.items():
         stats = {m: _mean_std([t.summary.get(key, math.nan) for t in members])
-                 for m, key in METRICS.items()}
+                 for m, key in metrics.items()}
         result.append(SeedGroup(dict(values), members, stats))
-    objective = {"minimize": "val/loss", "maximize": "val/acc"}[direction]
     result.sort(key=lambda g: g.stats[objective][0], reverse=direction == "maximize")
     return result
 
@@ -285,8 +304,9 @@ def compare(sweep_dir: Path, top: int = 5) -> str:
     """Rank a sweep's trials, aggregate seeds, write plots into the sweep folder; the report."""
     sweep_dir = Path(sweep_dir)
     trials = load_sweep(sweep_dir)
-    objective = objective_of(trials)
-    direction = objective_direction(objective)
+    objective, task = objective_of(trials), task_of(trials)
+    direction = objective_direction(objective, task)
+    metrics = summary_metrics(task)
     keys = varying_keys(trials)
     ranked = rank(trials, direction)
     done = [t for t in ranked if t.objective is not None]
@@ -294,11 +314,11 @@ def compare(sweep_dir: Path, top: int = 5) -> str:
     split_column = ["split"] if len(splits) > 1 else []
     lines = [f"{sweep_dir}: {len(trials)} trials, {len(done)} finished, "
              f"{len(trials) - len(done)} failed or unfinished",
-             f"ranked by {objective} ({direction}); val metrics of the best epoch, test/acc of "
-             f"its weights", "", *split_warning(splits)]
+             f"ranked by {objective} ({direction}); val metrics of the best epoch, "
+             f"{list(metrics)[-1]} of its weights", "", *split_warning(splits)]
     lines += _table(
-        ["rank", "trial", *METRICS, *keys, *split_column],
-        [[str(i + 1) if t in done else "-", str(t.num), *_metric_cells(t),
+        ["rank", "trial", *metrics, *keys, *split_column],
+        [[str(i + 1) if t in done else "-", str(t.num), *_metric_cells(t, metrics),
           *(_short_value(t.overrides.get(k, "")) for k in keys),
           *([t.split_hash or "?"] if split_column else [])] for i, t in enumerate(ranked)],
     )
@@ -306,12 +326,12 @@ def compare(sweep_dir: Path, top: int = 5) -> str:
         if t not in done:
             lines.append(f"trial {t.num} {t.status}: {_first_words(t.error or '', t)}")
 
-    groups = aggregate_seeds(trials, keys, direction) if "seed" in keys else []
+    groups = aggregate_seeds(trials, keys, direction, objective, task) if "seed" in keys else []
     if any(len(g.trials) > 1 for g in groups):
         lines += ["", f"Over seeds (mean ± std, per configuration; {_test_set_note(splits)}):"]
         config_keys = [k for k in keys if k != "seed"]
         lines += _table(
-            ["n", *METRICS, *config_keys, *split_column],
+            ["n", *metrics, *config_keys, *split_column],
             [[str(len(g.trials)),
               *(f"{mean:.4f} ± {std:.4f}" for mean, std in g.stats.values()),
               *(_short_value(g.values.get(k) or "") for k in config_keys),
@@ -338,10 +358,10 @@ def _test_set_note(splits: dict[str | None, list[int]]) -> str:
     return f"every trial scored on the same test set, split {split}"
 
 
-def _metric_cells(t: Trial) -> list[str]:
+def _metric_cells(t: Trial, metrics: dict[str, str]) -> list[str]:
     if t.objective is None:
-        return [t.status, "", ""]
-    return [f"{t.summary.get(key, math.nan):.4f}" for key in METRICS.values()]
+        return [t.status] + [""] * (len(metrics) - 1)
+    return [f"{t.summary.get(key, math.nan):.4f}" for key in metrics.values()]
 
 
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:

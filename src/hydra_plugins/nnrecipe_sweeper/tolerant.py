@@ -22,7 +22,8 @@ from nnrecipe.sweeps import objective_direction
 
 log = logging.getLogger(__name__)
 
-# conf/hparams_search: `direction: ${objective_direction:${objective}}` (val/acc -> maximize)
+# conf/hparams_search: `direction: ${objective_direction:${objective},${task._target_}}`
+# (the task says each metric's direction: val/acc -> maximize, val/mae -> minimize)
 OmegaConf.register_new_resolver("objective_direction", objective_direction, replace=True)
 
 

@@ -36,7 +36,13 @@ def run_audit(cfg: DictConfig, run_dir: Path, name: str | None = None) -> dict:
     trained = _load_trained(cfg) if cfg.get("checkpoint") else None
     clock = Stopwatch()
     with clock("read data"):
-        data = build_data(cfg.data, cfg.seed, "cpu")
+        data = build_data(cfg.data, trained[2] if trained else cfg.seed, "cpu")
+    classes = data.targets == "classes"
+    if not classes:  # regression / multi-label: what applies, and what it skipped
+        from nnrecipe.audit.targets import audit_targets
+
+        return audit_targets(data, cfg.audit.outlier_score, cfg.audit.max_shown, Path(run_dir))
+    with clock("decode images"):
         pool = build_pool(data, cfg.audit.thumb_size, bool(cfg.trainer.progress))
     log.info("audit: %d images in %d classes", len(pool), len(pool.class_names))
     f = find(pool, cfg, clock)
@@ -57,9 +63,12 @@ def find(pool: Pool, cfg: DictConfig, clock: Stopwatch) -> dict:
     f = split_findings(pool)
     with clock("exact duplicates"):
         exact = duplicates.exact_duplicates(pool)
+    with clock("embedding"):
+        z = embed(pool, dims=a.embedding_dims, seed=cfg.seed)
     with clock("nearest neighbours"):
-        z = embed(pool.thumbs, dims=a.embedding_dims)
-        dist, idx = nearest_neighbours(z, k=a.neighbours, progress=bool(cfg.trainer.progress))
+        dist, idx = nearest_neighbours(z, k=a.neighbours, progress=bool(cfg.trainer.progress),
+                                       exact_max=a.exact_neighbours_max,
+                                       probes=a.neighbour_probes)
         near = duplicates.near_duplicates(pool, dist, idx, a.near_duplicate_distance,
                                           a.max_listed)
     f["duplicates"] = exact + near
@@ -89,6 +98,7 @@ def publish(f: dict, pool: Pool, cfg: DictConfig, run_dir: Path, name: str | Non
     with clock("figures"):
         figs = report.make_figures(pool, f, run_dir / "figures", cfg.audit.max_shown, cfg.seed)
     f["timings"] = clock.seconds
+    f["peak_memory_mb"] = {**peak_memory_mb(), "after_stage": clock.peak_mb}
     report.write_json(f, run_dir / "report.json")
     report.write_markdown(f, figs, run_dir / "report.md", cfg.audit.max_shown)
     with open_dict(cfg):
@@ -109,17 +119,43 @@ def publish(f: dict, pool: Pool, cfg: DictConfig, run_dir: Path, name: str | Non
     log.info("report: %s", run_dir / "report.md")
 
 
-def _load_trained(cfg: DictConfig) -> tuple[dict, Path]:
-    """The checkpoint, after checking it was trained on this data; normalise as it was."""
+SPLIT_KEYS = ("val_fraction", "test_fraction", "split_seed")  # what draws train/val/test
+
+
+def _load_trained(cfg: DictConfig) -> tuple[dict, Path, int]:
+    """The checkpoint, after checking it was trained on this data, and the seed its data was
+    built with. The audit then normalises as it did and splits as it did: with the audit's
+    own split settings a model would get "val" accuracy partly on its training images."""
     from nnrecipe.audit.model_view import check_same_data, load_trained
 
     state, path = load_trained(cfg.checkpoint)
-    trained_data = state["config"].get("data", {})
+    trained = state["config"]
+    trained_data = trained.get("data", {})
     check_same_data(trained_data, cfg.data)
+    changed = []
     with open_dict(cfg):
         for key in ("mean", "std"):
             cfg.data[key] = trained_data.get(key) or cfg.data.get(key)
-    return state, path
+        for key in SPLIT_KEYS:
+            if key in trained_data and trained_data[key] != cfg.data.get(key):
+                changed.append(f"data.{key}={trained_data[key]}")
+                cfg.data[key] = trained_data[key]
+    seed = trained.get("seed", cfg.seed)
+    if seed != cfg.seed:
+        changed.append(f"seed={seed}")
+    if changed:
+        log.info("audit: splits as the checkpoint's run drew them (%s), not this audit's",
+                 ", ".join(changed))
+    return state, path, seed
+
+
+def peak_memory_mb() -> dict:
+    """Peak resident memory of this process and of the largest decoding process, in MB."""
+    import resource
+
+    kb = {who: resource.getrusage(getattr(resource, f"RUSAGE_{who.upper()}")).ru_maxrss
+          for who in ("self", "children")}
+    return {"audit": round(kb["self"] / 1024), "largest_worker": round(kb["children"] / 1024)}
 
 
 class Stopwatch:
@@ -127,6 +163,7 @@ class Stopwatch:
 
     def __init__(self):
         self.seconds: dict[str, float] = {}
+        self.peak_mb: dict[str, int] = {}  # this process's peak resident memory after each
 
     @contextmanager
     def __call__(self, stage: str):
@@ -136,6 +173,7 @@ class Stopwatch:
             yield
         finally:
             self.seconds[stage] = round(time.perf_counter() - start, 3)
+            self.peak_mb[stage] = peak_memory_mb()["audit"]
             log.debug("audit: %s took %.1f s", stage, self.seconds[stage])
 
 

@@ -30,23 +30,31 @@ def exact_duplicates(pool: Pool) -> list[dict]:
 
 def near_duplicates(pool: Pool, dist: torch.Tensor, idx: torch.Tensor, threshold: float,
                     limit: int = 1000) -> list[dict]:
-    """Pairs of different images closer than `threshold` (cosine distance of the embedding).
+    """Pairs of different images closer than `threshold` (cosine distance of the embedding),
+    label conflicts first, then leaks, then the closest; at most `limit`.
 
-    Exact duplicates and constant images (whose embedding is meaningless) are left out.
+    Exact duplicates and constant images (whose embedding is meaningless) are left out. The
+    pairs are filtered and ranked as arrays: a large pool of similar pictures has millions.
     """
     rows, cols = torch.nonzero(dist <= threshold, as_tuple=True)
-    seen, found = set(), []
+    a, b = rows.numpy(), idx[rows, cols].numpy()
+    distance = dist[rows, cols].numpy()
+    lo, hi = np.minimum(a, b), np.maximum(a, b)
+    hashes = np.asarray(pool.hashes)
     constant = pool.value_range <= 0
-    for r, c in zip(rows.tolist(), cols.tolist(), strict=True):
-        a, b = sorted((r, idx[r, c].item()))
-        if (a, b) in seen or pool.hashes[a] == pool.hashes[b] or constant[a] or constant[b]:
-            continue
-        seen.add((a, b))
-        pair = _group(pool, [a, b], "near")
-        pair["distance"] = round(float(dist[r, c]), 5)
+    keep = (lo != hi) & ~constant[lo] & ~constant[hi] & (hashes[lo] != hashes[hi])
+    lo, hi, distance = lo[keep], hi[keep], distance[keep]
+    _, first = np.unique(lo.astype(np.int64) * len(pool) + hi, return_index=True)
+    lo, hi, distance = lo[first], hi[first], distance[first]
+    disagree = pool.labels[lo] != pool.labels[hi]
+    leak = pool.split[lo] != pool.split[hi]
+    order = np.lexsort((distance, ~leak, ~disagree))[:limit]
+    found = []
+    for i in order:
+        pair = _group(pool, [int(lo[i]), int(hi[i])], "near")
+        pair["distance"] = round(float(distance[i]), 5)
         found.append(pair)
-    found.sort(key=lambda g: (not g["labels_disagree"], not g["leak"], g["distance"]))
-    return found[:limit]
+    return found
 
 
 def _group(pool: Pool, members: list[int], kind: str) -> dict:

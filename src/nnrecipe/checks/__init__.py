@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,6 +19,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from nnrecipe import runtime
+from nnrecipe.checks.budget import (
+    full_plan,
+    plan_checks,
+    replan_trainings,
+    seconds_per_sample,
+)
 from nnrecipe.checks.data import check_data_batch, check_leakage, check_output_shape, model_in_chans
 from nnrecipe.checks.dependencies import (
     check_batch_independence,
@@ -26,7 +33,13 @@ from nnrecipe.checks.dependencies import (
     locate_nonfinite,
 )
 from nnrecipe.checks.dynamics import PredictionDynamics
-from nnrecipe.checks.init import check_init_well, check_loss_at_init, expected_init_loss
+from nnrecipe.checks.init import (
+    check_init_well,
+    check_init_well_task,
+    check_loss_at_init,
+    expected_init_loss,
+    expected_init_loss_task,
+)
 from nnrecipe.checks.report import (
     FAIL,
     PASS,
@@ -46,6 +59,7 @@ from nnrecipe.checks.training import (
     train_copy,
 )
 from nnrecipe.data import DataBundle, iterate_batches
+from nnrecipe.errors import UserError
 
 log = logging.getLogger("nnrecipe")
 
@@ -65,19 +79,29 @@ def run_preflight(
     loss_fn: Callable = F.cross_entropy,
     seed: int = 0,
     head_bias_requested: bool = True,
+    task=None,
 ) -> Report:
     """Run every check (cfg: conf/checks), print the table, write checks.json, log to W&B.
 
-    Raises PreflightFailed when a check fails and cfg.strict (or cfg.only) is set.
+    `task` (nnrecipe.tasks; None: classification with `loss_fn`): the loss, the loss expected at
+    init, the head's "init well" constant and the output contract come from it.
+
+    Raises PreflightFailed when a check fails and cfg.strict (or cfg.only) is set; a UserError,
+    checks on or off, when classification data has a single class (nothing to learn from it).
     """
+    if task is None or task.targets == "classes":
+        require_two_classes(data)
+    check_skip_names(cfg.get("skip"))
     if not cfg.enabled:
         return Report([])
     on_cpu = next(model.parameters()).device.type == "cpu"
-    with runtime.threads(cfg.get("num_threads") if on_cpu else None), preserved_rng(seed=None):
+    started = time.perf_counter()
+    with runtime.threads(_threads(cfg) if on_cpu else None), preserved_rng(seed=None):
         # whatever the checks draw, the global RNG stream is restored afterwards
         results = _run_checks(model, data, cfg, run_dir, make_optimizer, augment, loss_fn,
-                              seed, head_bias_requested)
-    report = Report(results)
+                              seed, head_bias_requested, task)
+    report = Report(results, budget_s=cfg.get("budget_s"),
+                    wall_s=time.perf_counter() - started)
     table = report.table()  # in a sweep's console: its last line, the summary, and what failed
     flagged = [f"{r.name} {r.status}" for r in report.results if r.status in (WARN, FAIL)]
     line = "; ".join([f"preflight: {table.splitlines()[-1]}", *flagged])
@@ -90,15 +114,36 @@ def run_preflight(
     return report
 
 
+def require_two_classes(data: DataBundle) -> None:
+    """One class: every loss is 0 and every gradient too; the checks would blame dead units."""
+    if data.num_classes < 2:
+        root = getattr(data.train, "root", None)
+        where = f" in {root}" if root is not None else ""
+        found = ", ".join(repr(c) for c in data.class_names) or "none"
+        raise UserError(
+            f"only one class was found{where} ({found}): a classifier needs at least two. "
+            f"Put each class's images in its own subfolder (root/<class>/<image>)")
+
+
+def check_skip_names(skip) -> None:
+    unknown = sorted(set(skip or []) - set(CHECKS))
+    if unknown:
+        raise UserError(f"checks.skip names unknown checks {unknown}: use {CHECKS}")
+
+
+def _threads(cfg) -> int:
+    """checks.num_threads, or the trainer's threads capped by the cores that are idle now: the
+    checks' small steps wait on busy cores even more than training's (2 s -> 100 s measured)."""
+    if cfg.get("num_threads"):
+        return cfg.num_threads
+    return min(torch.get_num_threads(), runtime.auto_threads()[0])
+
+
 def _run_checks(model, data, cfg, run_dir, make_optimizer, augment, loss_fn, seed,
-                head_bias_requested) -> list[CheckResult]:
+                head_bias_requested, task=None) -> list[CheckResult]:
+    started = time.perf_counter()
     device = next(model.parameters()).device
     skip = set(cfg.get("skip") or [])
-    unknown = skip - set(CHECKS)
-    if unknown:
-        from nnrecipe.errors import UserError
-
-        raise UserError(f"checks.skip names unknown checks {sorted(unknown)}: use {CHECKS}")
     n = data.num_classes
     # The loop's very first batch: same shuffle seed, same generator type as fit().
     first = next(iterate_batches(data.train, data.batch_size, shuffle=True,
@@ -109,11 +154,72 @@ def _run_checks(model, data, cfg, run_dir, make_optimizer, augment, loss_fn, see
     # Large models cost more per step and learn more per step: they get the smaller budget.
     n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
     n_steps = cfg.steps if n_params <= cfg.large_model_params else cfg.large_model_steps
-    pool = _batches(data.train, size, min(n_steps, cfg.distinct_batches), device, seed + 1)
-    steps = list(itertools.islice(itertools.cycle(pool), n_steps))
-    val = _batches(data.val, min(cfg.val_samples, 512), -(-cfg.val_samples // 512), device)
+    plan = full_plan(cfg, size, n_steps)
+    # val as the data check compares it with train (more once the trainings' plan is known)
+    first_val = _batches(data.val, max(size, COMPARED_VAL), 1, device)[0][0]
     picture = Path(run_dir) / "batch.png" if run_dir is not None else None
-    expected, why = expected_init_loss(model, data.train.labels, n)
+    classes = task is None or task.targets == "classes"  # class-specific checks and messages
+    if task is not None:
+        loss_fn = task.plain_loss
+    if classes:
+        expected, why = expected_init_loss(model, data.train.labels, n)
+    else:
+        expected, why = expected_init_loss_task(model, task, data.train.labels, n)
+    state: dict = {}  # what the training checks share: the plan, the batches, the scores
+
+    def prepare() -> None:
+        """After the quick checks: time one step on a copy, size the training checks."""
+        budget = cfg.get("budget_s")
+        probe = slice(0, min(len(x), PROBE_SAMPLES))  # small: the probe's time is spent too
+        per_sample = (seconds_per_sample(model, make_optimizer, x[probe], y[probe], loss_fn)
+                      if budget else None)
+        left = budget - (time.perf_counter() - started) if budget else 0.0
+        state["plan"] = plan_checks(plan, left, per_sample, budget) if budget else plan
+
+    def draw_batches() -> None:
+        """The two trainings' batches, sized with the time the overfit check left."""
+        state["plan"] = p = replan_trainings(state["plan"])
+        pool = _batches(data.train, p.batch, min(p.steps, p.distinct), device, seed + 1)
+        state["cycle"] = len(pool)
+        state["steps"] = list(itertools.islice(itertools.cycle(pool), p.steps))
+        state["val"] = _batches(data.val, min(p.val_samples, 512), -(-p.val_samples // 512),
+                                device)
+
+    def training(name: str) -> dict:
+        if "plan" not in state:
+            prepare()
+        if name != "overfit_one_batch" and "steps" not in state:
+            draw_batches()
+        return {"shortened": state["plan"].shortened(name), "deadline": state["plan"].deadline}
+
+    def overfit() -> CheckResult:
+        sized = training("overfit_one_batch")
+        k = state["plan"].overfit_samples
+        return check_overfit_one_batch(
+            model, x[:k], y[:k], make_optimizer, loss_fn, steps=state["plan"].overfit_steps,
+            target=cfg.overfit_loss, warn_ratio=cfg.overfit_warn_ratio,
+            patience=cfg.overfit_patience, reference=expected, seed=seed, **sized)
+
+    def decreases() -> CheckResult:
+        sized = training("loss_decreases")
+        if sized["deadline"] is not None:  # half of what is left: the baseline trains as long
+            now = time.perf_counter()
+            sized["deadline"] = now + max(0.0, sized["deadline"] - now) / 2
+        return check_loss_decreases(
+            model, state["steps"], state["cycle"], make_optimizer, loss_fn,
+            fail_drop=cfg.decrease_fail, warn_drop=cfg.decrease_warn, full_steps=plan.steps,
+            val=state["val"], seed=seed, **sized)
+
+    def baseline() -> CheckResult:
+        sized = training("input_independent_baseline")
+        decreases = results.get("loss_decreases")
+        done = decreases.extras.get("steps") if decreases is not None else None
+        scores = decreases.extras.get("scores") if decreases is not None else None
+        steps = state["steps"][:done] if scores is not None else state["steps"]
+        return check_input_independent_baseline(
+            model, steps, state["val"], make_optimizer, loss_fn, real=scores,
+            min_learned=cfg.baseline_min_learned, fail_carry=cfg.baseline_fail_carry,
+            warn_gain=cfg.baseline_warn, seed=seed, **sized)
 
     runs = {
         "data_batch": lambda: check_data_batch(
@@ -121,17 +227,20 @@ def _run_checks(model, data, cfg, run_dir, make_optimizer, augment, loss_fn, see
             mean_warn=cfg.input_mean_warn, mean_fail=cfg.input_mean_fail,
             std_warn=tuple(cfg.input_std_warn), std_fail=tuple(cfg.input_std_fail),
             picture=picture, denormalize=data.denormalize if data.mean else None,
-            class_names=data.class_names, others={"val": val[0][0]},
-            train_labels=data.train.labels, seed=seed),
+            class_names=data.class_names, others={"val": first_val},
+            train_labels=data.train.labels, classes=classes, seed=seed,
+            reference=data.train.x if data.in_memory and data.image_size == 1 else None),
         "leakage": lambda: check_leakage(data.splits, fail_fraction=cfg.leak_fail_fraction,
                                          seed=seed),
-        "output_shape": lambda: check_output_shape(model, x, n, seed=seed),
-        "init_well": lambda: check_init_well(model, data.train.labels, n,
-                                             requested=head_bias_requested, seed=seed),
+        "output_shape": lambda: check_output_shape(model, x, n, task=task, seed=seed),
+        "init_well": (lambda: check_init_well(model, data.train.labels, n,
+                                              requested=head_bias_requested, seed=seed))
+        if classes else (lambda: check_init_well_task(model, task, data.train.labels, n,
+                                                      requested=head_bias_requested, seed=seed)),
         "loss_at_init": lambda: check_loss_at_init(
-            model, pool[: cfg.init_batches], expected, why, loss_fn,
-            warn_excess=cfg.init_loss_warn, fail_excess=cfg.init_loss_fail,
-            slack=cfg.init_loss_slack, seed=seed),
+            model, _batches(data.train, size, cfg.init_batches, device, seed + 1),
+            expected, why, loss_fn, warn_excess=cfg.init_loss_warn,
+            fail_excess=cfg.init_loss_fail, slack=cfg.init_loss_slack, seed=seed),
         "batch_independence": lambda: check_batch_independence(
             model, x[: cfg.independence_samples], probes=cfg.independence_probes,
             tol=cfg.independence_tol, seed=seed),
@@ -139,34 +248,35 @@ def _run_checks(model, data, cfg, run_dir, make_optimizer, augment, loss_fn, see
                                                      cfg.gradient_recheck_steps, seed=seed),
         "eval_determinism": lambda: check_eval_determinism(model, x, rtol=cfg.eval_rtol,
                                                            atol=cfg.eval_atol, seed=seed),
-        "overfit_one_batch": lambda: check_overfit_one_batch(
-            model, x[: cfg.overfit_samples], y[: cfg.overfit_samples], make_optimizer, loss_fn,
-            steps=cfg.overfit_steps, target=cfg.overfit_loss, warn_ratio=cfg.overfit_warn_ratio,
-            patience=cfg.overfit_patience,
-            seed=seed),
-        "loss_decreases": lambda: check_loss_decreases(
-            model, steps, len(pool), make_optimizer, loss_fn,
-            fail_drop=cfg.decrease_fail, warn_drop=cfg.decrease_warn, seed=seed),
-        "input_independent_baseline": lambda: check_input_independent_baseline(
-            model, steps, val, make_optimizer, loss_fn,
-            trained=results["loss_decreases"].extras.get("model"),
-            min_learned=cfg.baseline_min_learned, fail_carry=cfg.baseline_fail_carry,
-            warn_gain=cfg.baseline_warn, seed=seed),
+        "overfit_one_batch": overfit,
+        "loss_decreases": decreases,
+        "input_independent_baseline": baseline,
     }
-    results: dict[str, CheckResult] = {"loss_decreases": CheckResult("", SKIP, "", "", "")}
+    results: dict[str, CheckResult] = {}
     for name in CHECKS:
         if name in skip:
             results[name] = CheckResult(name, SKIP, "", "", "in checks.skip")
             continue
         results[name] = runs[name]()
+        results[name].shortened = any(m in results[name].message for m in BUDGET_MARKS)
     for r in results.values():
-        r.extras.pop("model", None)  # free the trained copy
+        r.extras.pop("scores", None)
     return [results[name] for name in CHECKS]
 
 
+PROBE_SAMPLES = 8
+COMPARED_VAL = 128  # val samples whose statistics data_batch compares with the train batch
+BUDGET_MARKS = ("shortened to fit checks.budget_s", "stopped at the time budget")
+
+
 def _batches(split, batch_size: int, count: int, device, seed: int | None = None) -> list:
-    """`count` batches of a split: shuffled by `seed` (own generator), or in order for None."""
-    generator = torch.Generator().manual_seed(seed) if seed is not None else None
+    """`count` batches of a split: shuffled by `seed`, or in order for None.
+
+    Always with a private generator: a DataLoader iterator draws its base seed from the global
+    RNG when it has none, which would shift training's stream (prediction_dynamics runs
+    outside the preflight's RNG guard).
+    """
+    generator = torch.Generator().manual_seed(seed if seed is not None else 0)
     batches = iterate_batches(split, batch_size, shuffle=seed is not None, generator=generator,
                               device=device)
     # copies: unshuffled batches are views of the dataset, and a model may write to its input
@@ -178,8 +288,9 @@ def prediction_dynamics(model: nn.Module, data: DataBundle, cfg,
     """The recorder fit() calls once per epoch, on the first val samples, with the untrained
     model's predictions as epoch 0 (not for a resumed run: `model` is not yet restored);
     None when off."""
-    if not (cfg.enabled and cfg.prediction_dynamics):
-        return None
+    if not (cfg.enabled and cfg.prediction_dynamics) or getattr(data, "targets",
+                                                                 "classes") != "classes":
+        return None  # p(class) per epoch: a picture of classification only
     device = next(model.parameters()).device
     x, y = _batches(data.val, cfg.dynamics_samples, 1, device)[0]
     dynamics = PredictionDynamics(x, y, data.class_names)
@@ -200,9 +311,10 @@ def save_dynamics(dynamics: PredictionDynamics | None, run_dir: Path, tracker, s
 __all__ = [
     "CHECKS", "FAIL", "PASS", "SKIP", "WARN", "CheckResult", "PredictionDynamics",
     "PreflightFailed", "Report", "adam", "check_batch_independence", "check_data_batch",
-    "check_eval_determinism", "check_gradient_flow", "check_init_well",
+    "check_eval_determinism", "check_gradient_flow", "check_init_well", "check_init_well_task",
     "check_input_independent_baseline", "check_leakage", "check_loss_at_init",
     "check_loss_decreases", "check_output_shape", "check_overfit_one_batch",
-    "expected_init_loss", "locate_nonfinite", "optimizer_like", "prediction_dynamics",
+    "expected_init_loss", "expected_init_loss_task", "locate_nonfinite", "optimizer_like",
+    "prediction_dynamics",
     "run_preflight", "save_dynamics", "train_copy",
 ]

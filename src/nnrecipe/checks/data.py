@@ -27,12 +27,18 @@ def check_data_batch(
     class_names: list[str] | None = None,
     others: dict[str, torch.Tensor] | None = None,
     train_labels: torch.Tensor | None = None,
+    classes: bool = True,
+    reference: torch.Tensor | None = None,
 ) -> CheckResult:
     """The exact tensor the model receives: dtype, shape, finite, normalised, labels valid.
 
     `others`: inputs of other splits ({"val": x}), which must look like the training inputs
     (same preprocessing). `train_labels`: the whole training split's labels, every class in
-    them. Optionally saves `picture`: the batch as an image grid (de-normalised) with labels.
+    them. `classes`: False for targets that are not class indices (regression values,
+    multi-label 0/1 rows): they must only be finite. `reference`: training inputs the other
+    splits are compared with (default: the batch; a tabular batch holds one value per feature
+    and sample, too few to compare spreads with). Optionally saves `picture`: the batch as
+    an image grid (de-normalised) with labels.
     """
     problems: list[tuple[str, str]] = []  # (status, what is wrong and what to try)
     if not x.is_floating_point():
@@ -50,7 +56,9 @@ def check_data_batch(
                                f"division by zero or a log of <= 0 in the data pipeline"))
         xf = torch.where(finite, xf, torch.zeros_like(xf))
     dims = [d for d in range(xf.ndim) if d != 1] if xf.ndim >= 2 else [0]
-    mean, std = xf.mean(dims), xf.std(dims) if xf.numel() > 1 else torch.ones(1)
+    # a table's batch holds one value per feature and sample: judge the scaling on `reference`
+    stats = xf if reference is None else reference.detach().float().nan_to_num()
+    mean, std = stats.mean(dims), stats.std(dims) if stats.numel() > 1 else torch.ones(1)
     mean, std = mean.flatten().tolist(), std.flatten().tolist()
     worst_mean, lo, hi = max(abs(m) for m in mean), min(std), max(std)
     if worst_mean > mean_fail or lo < std_fail[0] or hi > std_fail[1]:
@@ -61,7 +69,11 @@ def check_data_batch(
         problems.append((WARN, f"inputs look poorly normalised (mean {_fmt(mean)}, std "
                                f"{_fmt(std)}): check data.mean/std"))
     for split, other in (others or {}).items():
-        problems += _compare_splits(split, xf, other)
+        problems += _compare_splits(split, stats, other, tabular=reference is not None)
+    if not classes:
+        train_labels = None
+        if not torch.isfinite(y.float()).all():
+            problems.append((FAIL, "targets hold NaN/Inf: drop or fill those rows"))
     if train_labels is not None:
         counts = torch.bincount(train_labels.cpu().long().clamp(0, num_classes - 1),
                                 minlength=num_classes)
@@ -70,7 +82,7 @@ def check_data_batch(
             problems.append((FAIL if len(missing) == num_classes - 1 else WARN,
                              f"classes {missing[:10]} never occur in the training labels "
                              f"({num_classes - len(missing)}/{num_classes} present)"))
-    labels = _hard_labels(y, problems)
+    labels = _hard_labels(y, problems) if classes else None
     present = 0
     if labels is not None:
         bad = (labels < 0) | (labels >= num_classes)
@@ -97,24 +109,32 @@ def check_data_batch(
     return CheckResult(
         "data_batch", status,
         f"{str(x.dtype).replace('torch.', '')} {list(x.shape)}, mean {_fmt(mean)}, "
-        f"std {_fmt(std)}, {present}/{num_classes} classes",
+        f"std {_fmt(std)}, " + (f"{present}/{num_classes} classes" if classes else
+                                f"{num_classes} target column(s)"),
         f"float [B, {in_chans or 'C'}, H, W], finite, |mean| <= {mean_warn:g}, "
-        f"std {std_warn[0]:g}-{std_warn[1]:g}, labels in [0, {num_classes})",
+        f"std {std_warn[0]:g}-{std_warn[1]:g}, "
+        + (f"labels in [0, {num_classes})" if classes else "finite targets"),
         "; ".join(m for _, m in problems) or "the batch looks like normalised images with "
                                              "valid labels: look at batch.png anyway",
         pictures=[picture] if picture is not None else [],
     )
 
 
-def _compare_splits(name: str, x: torch.Tensor, other: torch.Tensor) -> list:
-    """Other splits must be preprocessed like training (same normalisation, same scale)."""
+def _compare_splits(name: str, x: torch.Tensor, other: torch.Tensor,
+                    tabular: bool = False) -> list:
+    """Other splits must be preprocessed like training (same normalisation, same scale).
+    `tabular`: columns with two values (one-hot, yes/no) are left out of the spread ratio: in
+    a small split a rare category's spread is the luck of its count, not a scaling."""
     if other.ndim != x.ndim or other.shape[1:] != x.shape[1:]:
         return [(FAIL, f"{name} inputs have shape {list(other.shape[1:])}, training inputs "
                        f"{list(x.shape[1:])}")]
     dims = [d for d in range(x.ndim) if d != 1]
     o = other.detach().float().nan_to_num()
     shift = (o.mean(dims) - x.mean(dims)).abs().max().item()
-    ratio = (o.std(dims) / x.std(dims).clamp_min(1e-8)).flatten().tolist()
+    ratio = (o.std(dims) / x.std(dims).clamp_min(1e-8)).flatten()
+    if tabular:
+        ratio = ratio[[len(x[:, c].unique()) > 2 for c in range(x.shape[1])]]
+    ratio = ratio.tolist() or [1.0]
     if shift > 0.75 or min(ratio) < 0.5 or max(ratio) > 2:
         return [(FAIL, f"{name} inputs are scaled differently from training inputs (mean "
                        f"shift {shift:.2f}, std ratio {_fmt(ratio)}): apply the same "
@@ -143,13 +163,31 @@ def _fmt(values: list[float]) -> str:
     return f"[{shown}{', …' if len(values) > 3 else ''}]"
 
 
-def content_hashes(split) -> list[bytes]:
-    """One hash per sample of its exact content: tensor bytes in memory, file bytes on disk."""
+def content_hashes(split) -> list:
+    """One hash per sample of its exact content: tensor bytes in memory, file bytes on disk
+    (read on all cores: at 100k files one thread spent most of the preflight here)."""
     if hasattr(split, "x"):
         rows = split.x.detach().cpu().contiguous().flatten(1).numpy()
         return [hashlib.blake2b(r.tobytes(), digest_size=16).digest() for r in rows]
-    return [hashlib.blake2b((split.root / p).read_bytes(), digest_size=16).digest()
-            for p in split.paths]
+    from concurrent.futures import ThreadPoolExecutor
+
+    from nnrecipe import runtime
+
+    def digest(p) -> bytes:
+        return hashlib.blake2b((split.root / p).read_bytes(), digest_size=16).digest()
+
+    with ThreadPoolExecutor(max(1, runtime.cores())) as pool:  # reads and blake2b free the GIL
+        return list(pool.map(digest, split.paths, chunksize=256))
+
+
+def split_hashes(splits: dict) -> tuple[dict, str]:
+    """{split: hashes} and where they came from: the hashes a split carries (a file index's,
+    computed when it was built: no file is read again) when every split has them, else
+    content_hashes()."""
+    stored = {name: getattr(split, "hashes", None) for name, split in splits.items()}
+    if all(h is not None and len(h) == len(splits[n]) for n, h in stored.items()):
+        return {name: list(h) for name, h in stored.items()}, "the index's hashes"
+    return {name: content_hashes(split) for name, split in splits.items()}, "content hashes"
 
 
 @timed_check("leakage")
@@ -157,10 +195,11 @@ def check_leakage(splits: dict, fail_fraction: float = 0.01) -> CheckResult:
     """Exact duplicate inputs across train/val/test, by content hash.
 
     `splits`: {"train": split, "val": split, "test": split}, each a TensorSplit/FileSplit or
-    anything with `.x` [N, ...]. Leaks inflate val/test scores: the model is graded on
+    anything with `.x` [N, ...]; a split's own `.hashes` (one per sample) are used when every
+    split has them. Leaks inflate val/test scores: the model is graded on
     samples it trained on.
     """
-    hashes = {name: content_hashes(split) for name, split in splits.items()}
+    hashes, source = split_hashes(splits)
     seen = {name: set(h) for name, h in hashes.items()}
     names = list(hashes)
     counts, status, worst_fraction = {}, PASS, 0.0
@@ -182,13 +221,15 @@ def check_leakage(splits: dict, fail_fraction: float = 0.01) -> CheckResult:
                    f"de-duplicate before splitting")
     if within:
         message += f"; {within} exact duplicates inside splits"
-    return CheckResult("leakage", status, measured,
+    return CheckResult("leakage", status, f"{measured} (by {source})",
                        f"0 shared samples (FAIL above {fail_fraction:.0%} of a split)", message)
 
 
 @timed_check("output_shape")
-def check_output_shape(model: nn.Module, x: torch.Tensor, num_classes: int) -> CheckResult:
-    """The model returns logits [B, num_classes] (run in eval mode, on a copy-free no_grad pass)."""
+def check_output_shape(model: nn.Module, x: torch.Tensor, num_classes: int,
+                       task=None) -> CheckResult:
+    """The model returns logits [B, num_classes] (run in eval mode, on a copy-free no_grad pass);
+    with a `task` (nnrecipe.tasks), what its output contract says."""
     was_training = model.training
     model.eval()
     try:
@@ -197,6 +238,11 @@ def check_output_shape(model: nn.Module, x: torch.Tensor, num_classes: int) -> C
     finally:
         model.train(was_training)
     expected = f"[{len(x)}, {num_classes}] float logits"
+    if task is not None and task.targets != "classes":
+        problem = task.output_problem(out, len(x), num_classes)
+        shape = list(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        return CheckResult("output_shape", FAIL if problem else PASS, str(shape),
+                           f"[{len(x)}, {num_classes}] float outputs", problem or "")
     if not isinstance(out, torch.Tensor):
         return CheckResult("output_shape", FAIL, type(out).__name__, expected,
                            "the model must return one tensor of logits (not a tuple/dict)")

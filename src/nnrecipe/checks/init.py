@@ -102,3 +102,50 @@ def check_init_well(model: nn.Module, train_labels: torch.Tensor, num_classes: i
                        "head bias = log prior when classes are imbalanced",
                        f"classes are imbalanced {imbalance:.1f}x: init.head_bias=prior saves "
                        f"the first steps" if status == WARN else "")
+
+
+# --- any task (nnrecipe.tasks): the task says what the best constant output is -----------------
+
+
+def head_at_constant(model: nn.Module, task, train_targets: torch.Tensor, num_outputs: int,
+                     rtol: float = 1e-2) -> bool:
+    """True when the head's bias scores like the task's best constant output (its loss on the
+    training targets within rtol): shifts a loss ignores (softmax) do not matter."""
+    head = classifier_head(model)
+    if head is None or head.bias is None or head.bias.numel() != num_outputs:
+        return False
+    y = train_targets.cpu()
+    at_bias = float(task.plain_loss(head.bias.detach().float().cpu().expand(len(y), -1), y))
+    best, _ = task.expected_init_loss(y, num_outputs, head_at_constant=True)
+    return abs(at_bias - best) <= rtol * abs(best) + 1e-4
+
+
+def expected_init_loss_task(model: nn.Module, task, train_targets: torch.Tensor,
+                            num_outputs: int) -> tuple[float, str]:
+    """The task's loss of its best constant output when the head's bias holds it, else of
+    all-zero outputs (a neutral head)."""
+    return task.expected_init_loss(train_targets.cpu(), num_outputs,
+                                   head_at_constant(model, task, train_targets, num_outputs))
+
+
+@timed_check("init_well")
+def check_init_well_task(model: nn.Module, task, train_targets: torch.Tensor, num_outputs: int,
+                         requested: bool = True) -> CheckResult:
+    """Report whether the head bias holds the task's best constant output ("init well")."""
+    y = train_targets.cpu()
+    best, _ = task.expected_init_loss(y, num_outputs, head_at_constant=True)
+    zero, _ = task.expected_init_loss(y, num_outputs, head_at_constant=False)
+    measured = f"loss of the constant {best:.3f} vs of zero outputs {zero:.3f}"
+    expected = f"head bias = the best constant output ({task.name})"
+    if head_at_constant(model, task, y, num_outputs):
+        return CheckResult("init_well", PASS, "head bias at the constant; " + measured,
+                           expected, "")
+    if requested:
+        return CheckResult("init_well", WARN, "head bias not set; " + measured, expected,
+                           f"init.head_bias=prior found no final Linear with {num_outputs} "
+                           f"outputs: set the head's bias to task.constant_output() yourself")
+    costly = zero > 1.5 * best + 0.05
+    return CheckResult("init_well", WARN if costly else PASS,
+                       "head bias not set (init.head_bias=zero); " + measured, expected,
+                       "zero outputs cost far more than the constant: init.head_bias=prior "
+                       "saves the first steps" if costly else "")

@@ -38,6 +38,7 @@ class CheckResult:
     # Not written to checks.json: pictures saved and objects a later check may reuse.
     pictures: list[Path] = field(default_factory=list, repr=False)
     extras: dict = field(default_factory=dict, repr=False)
+    shortened: bool = field(default=False, repr=False)  # cut to fit checks.budget_s
 
     @property
     def failed(self) -> bool:
@@ -82,12 +83,17 @@ def timed_check(name: str):
         @functools.wraps(fn)
         def wrapper(*args, seed: int = 0, **kwargs) -> CheckResult:
             start = time.perf_counter()
+            oom = False
             with preserved_rng(seed):
                 try:
                     result = fn(*args, **kwargs)
                 except Exception as e:  # a check that crashes is itself a finding
-                    result = CheckResult(name, FAIL, f"raised {type(e).__name__}",
-                                         "runs without error", f"{type(e).__name__}: {e}")
+                    oom = is_out_of_memory(e)
+                    result = (out_of_memory(name, e) if oom else
+                              CheckResult(name, FAIL, f"raised {type(e).__name__}",
+                                          "runs without error", f"{type(e).__name__}: {e}"))
+            if oom:  # here the traceback (and the copy its frames hold) is gone: free it
+                _free_memory()
             result.seconds = time.perf_counter() - start
             return result
 
@@ -96,9 +102,61 @@ def timed_check(name: str):
     return decorate
 
 
+def is_out_of_memory(e: BaseException) -> bool:
+    """CUDA's (and MPS's) torch.OutOfMemoryError, or the CPU allocator's RuntimeError."""
+    return isinstance(e, torch.OutOfMemoryError) or (
+        isinstance(e, RuntimeError) and "can't allocate memory" in str(e))
+
+
+def out_of_memory(name: str, e: BaseException) -> CheckResult:
+    """A WARN, never a FAIL: the check's copy (and its optimizer state) did not fit next to the
+    user's model; training itself holds one model, and may fit."""
+    needed = _memory_needed(str(e))
+    peak = ""
+    if torch.cuda.is_available():
+        peak = f", peak {_bytes(torch.cuda.max_memory_allocated())} allocated on the GPU"
+    return CheckResult(
+        name, WARN, f"out of memory: needed {needed}{peak}", "fits in memory",
+        f"{name} ran out of memory (it needed {needed} more; it trains a copy of the model "
+        f"with its own optimizer state beside yours): not checked. Training holds no such "
+        f"copy, but if it runs out too, lower data.batch_size or use a smaller model")
+
+
+def _free_memory() -> None:
+    """The failed check's tensors, freed before the next check runs."""
+    import gc
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def _memory_needed(message: str) -> str:
+    """'2.00 GiB' from CUDA's 'Tried to allocate 2.00 GiB', bytes from the CPU allocator's."""
+    import re
+
+    found = re.search(r"[Tt]ried to allocate ([\d.]+ ?[KMGT]?i?B)", message)
+    if found:
+        return found.group(1)
+    found = re.search(r"allocate (\d+) bytes", message)
+    return _bytes(int(found.group(1))) if found else "an unknown amount"
+
+
+def _bytes(n: float) -> str:
+    if n < 1024:
+        return f"{int(n)} B"
+    for unit in ("KiB", "MiB", "GiB"):
+        n /= 1024
+        if n < 1024 or unit == "GiB":
+            break
+    return f"{n:.2f} {unit}"
+
+
 @dataclass
 class Report:
     results: list[CheckResult]
+    budget_s: float | None = None
+    wall_s: float | None = None  # the whole preflight: checks, batches read, the timed step
 
     @property
     def failures(self) -> list[CheckResult]:
@@ -123,8 +181,16 @@ class Report:
                 lines.append(f"{'':<41}-> {r.message}")
         lines.append(f"{len(self.results)} checks in {self.seconds:.2f} s: "
                      + ", ".join(f"{sum(r.status == s for r in self.results)} {s}"
-                                 for s in (PASS, WARN, FAIL, SKIP)))
+                                 for s in (PASS, WARN, FAIL, SKIP)) + self._budget_note())
         return "\n".join(lines)
+
+    def _budget_note(self) -> str:
+        cut = [r.name for r in self.results if r.shortened]
+        parts = [f"{self.wall_s:.1f} s in all" if self.wall_s is not None else "",
+                 f"budget {self.budget_s:g} s" if self.budget_s is not None else "",
+                 f"shortened to fit: {', '.join(cut)}" if cut else ""]
+        parts = [p for p in parts if p]
+        return f" ({'; '.join(parts)})" if parts else ""
 
     def write_json(self, path: Path) -> Path:
         rows = [{k: v for k, v in asdict(r).items() if k in COLUMNS} for r in self.results]
@@ -140,6 +206,7 @@ class Report:
         summary = {f"checks/{r.name}": r.status for r in self.results}
         summary["checks/failed"] = len(self.failures)
         summary["checks/seconds"] = round(self.seconds, 3)
+        summary["checks/shortened"] = ", ".join(r.name for r in self.results if r.shortened)
         tracker.summary(summary)
         tracker.table("checks/table", COLUMNS, [r.row() for r in self.results], step=step)
         for r in self.results:

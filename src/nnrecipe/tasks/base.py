@@ -23,6 +23,9 @@ Stats = dict[str, torch.Tensor]
 
 class Task:
     name = "task"
+    # the kind of targets it learns, as data sources declare theirs (DataBundle.targets):
+    # classes (int64 [N]) | values (float [N] or [N, K]) | labels (0/1 float [N, K])
+    targets = "values"
     # metric -> direction; each is logged as val/<metric> and test/<metric>, and any of them can
     # be a sweep's `objective` (val/<metric>)
     directions: dict[str, str] = {"loss": "minimize"}
@@ -31,6 +34,11 @@ class Task:
     def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Mean loss over the batch (what backward() is called on)."""
         raise NotImplementedError
+
+    def plain_loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """The loss without training-only regularisation (label smoothing): what the preflight
+        checks measure against their expectations; the training loss by default."""
+        return self.loss(outputs, targets)
 
     def distill_loss(self, student: torch.Tensor, teacher: torch.Tensor,
                      temperature: float) -> torch.Tensor:
@@ -50,14 +58,21 @@ class Task:
         """Several models' outputs for the same inputs -> one output of the same kind (ensemble)."""
         return torch.stack(outputs).float().mean(0)
 
-    def objective_direction(self, objective: str) -> str:
-        """'val/<metric>' -> minimize | maximize, for a sweeper."""
-        split, _, metric = objective.partition("/")
-        if split != "val" or metric not in self.directions:
-            choices = ", ".join(f"val/{m}" for m in self.directions)
-            raise UserError(f"objective={objective!r} is not a metric of task {self.name}: "
+    @classmethod
+    def objective_direction(cls, objective: str) -> str:
+        """'val/<metric>' -> minimize | maximize, for a sweeper (a classmethod: a sweeper's
+        config knows the task's class, not its instance)."""
+        split, _, metric = str(objective).partition("/")
+        if split != "val" or metric not in cls.directions:
+            choices = ", ".join(f"val/{m}" for m in cls.directions)
+            raise UserError(f"objective={objective!r} is not a metric of task {cls.name}: "
                             f"use one of {choices}")
-        return self.directions[metric]
+        return cls.directions[metric]
+
+    @classmethod
+    def primary_metric(cls) -> str:
+        """The metric a person reads first (accuracy, MAE, mAP): the first one after the loss."""
+        return next((m for m in cls.directions if m != "loss"), "loss")
 
     # --- what the data looks like to the task ---------------------------------------------------
     def fit_targets(self, train_targets: torch.Tensor) -> None:
@@ -76,6 +91,7 @@ class Task:
         return plain_split(len(targets), fractions, seed)
 
     # --- what an untrained or input-blind model should do ----------------------------------------
+    # (train_targets: as the loss sees them, i.e. after encode(): what the data splits hold)
     def constant_output(self, train_targets: torch.Tensor, num_outputs: int) -> torch.Tensor:
         """The best output a model that ignores its input can give ("init well" head bias)."""
         raise NotImplementedError
@@ -86,7 +102,7 @@ class Task:
         output when the head's bias holds it, else the loss of all-zero outputs."""
         constant = (self.constant_output(train_targets, num_outputs) if head_at_constant
                     else torch.zeros(num_outputs))
-        targets = self.encode(train_targets)
+        targets = train_targets
         outputs = constant.to(torch.float32).expand(len(targets), -1)
         value = float(self.loss(outputs, targets))
         why = "the constant output (head bias)" if head_at_constant else "all-zero outputs"
@@ -128,3 +144,18 @@ def add_stats(total: Stats | None, stats: Stats) -> Stats:
     for k, v in stats.items():
         total[k] += v.detach().double()
     return total
+
+
+def reduce_stats(stats: Stats, all_reduce_sum) -> Stats:
+    """Sum stats over ranks with ONE collective: the tensors flattened into one float64 vector,
+    reduced in place by `all_reduce_sum` (nnrecipe.distributed.all_reduce_sum), split back.
+    Every rank must hold the same keys and shapes (batch_stats gives fixed shapes)."""
+    keys = sorted(stats)
+    flat = torch.cat([stats[k].detach().double().reshape(-1) for k in keys])
+    all_reduce_sum(flat)
+    out, start = {}, 0
+    for k in keys:
+        n = stats[k].numel()
+        out[k] = flat[start:start + n].view(stats[k].shape)
+        start += n
+    return out

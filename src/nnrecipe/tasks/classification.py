@@ -13,6 +13,7 @@ from nnrecipe.tasks.base import Stats, Task
 
 class Classification(Task):
     name = "classification"
+    targets = "classes"
     directions = {"loss": "minimize", "acc": "maximize"}
 
     def __init__(self, label_smoothing: float = 0.0):
@@ -24,6 +25,9 @@ class Classification(Task):
         if targets.ndim == 2:  # soft targets (mixup/cutmix) carry their own smoothing
             return F.cross_entropy(outputs, targets)
         return F.cross_entropy(outputs, targets, label_smoothing=self.label_smoothing)
+
+    def plain_loss(self, outputs, targets):
+        return F.cross_entropy(outputs, targets)
 
     def distill_loss(self, student, teacher, temperature):
         # Hinton et al.: KL between the softened distributions, x T^2 so gradients keep their size

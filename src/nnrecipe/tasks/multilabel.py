@@ -15,6 +15,7 @@ from nnrecipe.tasks.base import Stats, Task
 
 class MultiLabel(Task):
     name = "multilabel"
+    targets = "labels"
     directions = {"loss": "minimize", "map": "maximize", "f1": "maximize"}
 
     def __init__(self, threshold: float = 0.5, bins: int = 1000):

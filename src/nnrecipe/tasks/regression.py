@@ -19,6 +19,7 @@ LOSSES = ("mse", "huber", "l1")
 
 class Regression(Task):
     name = "regression"
+    targets = "values"
     directions = {"loss": "minimize", "mae": "minimize", "rmse": "minimize", "r2": "maximize"}
 
     def __init__(self, loss: str = "mse", huber_delta: float = 1.0,
@@ -94,7 +95,7 @@ class Regression(Task):
         return stratified_split(np.searchsorted(edges, y, side="right"), fractions, seed)
 
     def constant_output(self, train_targets, num_outputs):
-        y = self.encode(train_targets)
+        y = _columns(train_targets).float()
         # the best constant: the median for L1, the mean for MSE (and close enough for Huber)
         return y.median(0).values if self.kind == "l1" else y.mean(0)
 

@@ -1,6 +1,11 @@
 """nnrecipe's loop against a bare PyTorch loop: same model, data, batch size, same run.
 
     python scripts/bench.py [--epochs 15] [--repeats 9] [--models linear convnet]
+    python scripts/bench.py --ddp 2 [--epochs 6] [--models convnet]
+
+--ddp N: the epoch time of src/train.py on N gloo processes (torchrun --standalone) against one
+process, the same config and global batch; each the median of its epochs after the first, read
+from train.log's epoch lines.
 
 Prints the per-epoch time of each and their ratio (target: nnrecipe <= 1.05x bare). Each is
 the fastest of the repeats: on a shared 2-core machine noise only ever adds time, and medians of
@@ -12,6 +17,10 @@ the bare loop does the same training and validation with nothing else.
 from __future__ import annotations
 
 import argparse
+import os
+import re
+import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -67,7 +76,10 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=15)
     parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--models", nargs="+", default=["linear", "convnet"])
+    parser.add_argument("--ddp", type=int, default=0, help="processes to compare with one")
     args = parser.parse_args()
+    if args.ddp:
+        return ddp_main(args)
     runtime.set_threads(None)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, digits, "
           f"{args.epochs} epochs x {args.repeats} repeats, fastest per-epoch time")
@@ -87,6 +99,37 @@ def main() -> None:
         bare, ours = (min(times[k][1:]) for k in ("bare", "nnrecipe"))  # [0]: warm-up
         print(f"{name:8s} bare {bare * 1e3:7.1f} ms/epoch   nnrecipe {ours * 1e3:7.1f} ms/epoch"
               f"   ratio {ours / bare:.3f}x")
+
+
+def train_epochs(processes: int, threads: int, model: str, epochs: int,
+                 folder: Path) -> list[float]:
+    """Seconds of each epoch of src/train.py on `processes` processes (1: plain python) of
+    `threads` CPU threads each."""
+    launcher = ([str(Path(sys.executable).with_name("torchrun")), "--standalone",
+                 f"--nproc_per_node={processes}"] if processes > 1 else [sys.executable])
+    overrides = [f"model={model}", f"trainer.max_epochs={epochs}", "logger=none", "checks=off",
+                 "trainer.progress=false", "trainer.checkpoint_every_s=600",
+                 f"trainer.num_threads={threads}", f"hydra.run.dir={folder}"]
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    subprocess.run([*launcher, str(ROOT / "src" / "train.py"), *overrides], env=env, check=True,
+                   capture_output=True)
+    log = (folder / "train.log").read_text()
+    return [float(s) for s in re.findall(r"epoch \d+/\d+  train/loss .*  ([\d.]+)s\n", log)]
+
+
+def ddp_main(args) -> None:
+    cores = runtime.cores()
+    print(f"torch {torch.__version__}, {cores} cores (load {os.getloadavg()[0]:.1f}), digits, "
+          f"{args.epochs} epochs, median s/epoch after the first, global batch unchanged")
+    shares = max(1, cores // args.ddp)
+    setups = [(1, 1), (1, cores), (args.ddp, shares)]  # (processes, threads per process)
+    for name in args.models if args.models != ["linear", "convnet"] else ["convnet"]:
+        cells = []
+        for processes, threads in setups:
+            with tempfile.TemporaryDirectory() as tmp:
+                times = train_epochs(processes, threads, name, args.epochs, Path(tmp) / "run")
+            cells.append(f"{processes}x{threads} thr {statistics.median(times[1:]):6.2f}")
+        print(f"{name:8s} " + "   ".join(cells) + "   (processes x threads: s/epoch)")
 
 
 if __name__ == "__main__":

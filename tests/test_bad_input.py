@@ -188,9 +188,9 @@ CATALOG = [
     # checkpoints
     bad("resume-missing", "trainer.resume={tmp}/no/such/last.pt", says="does not exist"),
     bad("resume-garbage", "trainer.resume={file}", make=garbage_checkpoint, says="unreadable"),
-    bad("resume-another-model", "trainer.resume={run}", says="model=linear", owner="dist",
-        why="item 12: a checkpoint of another model dumps missing/unexpected keys instead of "
-        "naming the model that wrote it and the override that matches"),
+    bad("resume-another-model", "trainer.resume={run}", says="model=linear"),
+    bad("sync-batchnorm-not-a-bool", "trainer.sync_batchnorm=yes",
+        says="trainer.sync_batchnorm=yes must be true or false or null"),
     # checks
     bad("unknown-check-skipped", "checks=default", "checks.skip=[leakagee]",
         says="unknown checks ['leakagee']"),

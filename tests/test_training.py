@@ -61,7 +61,8 @@ def test_resume_two_plus_two_equals_four_for_every_schedule(run_train, recorder,
     from conftest import Interrupted
 
     common = ["model=mlp", "model.dropout=0.2", "trainer.max_epochs=4",
-              "trainer.checkpoint_every_s=0", *SCHEDULES[name]]
+              "trainer.checkpoint_every_s=0", *SCHEDULES[name],
+              "trainer.num_threads=1"]  # the runs compared bit for bit: one thread count
     whole = recorder()
     four, d4 = run_train(*common, run_dir=tmp_path / "four")
     recorder(stop_after_epoch=2)
@@ -288,3 +289,53 @@ def test_training_threads_use_the_idle_cores_only(monkeypatch, caplog):
     assert runtime.auto_threads() == (3, "OMP_NUM_THREADS")  # the environment's choice is kept
     assert len(runtime._cpu_times()) == len(os.sched_getaffinity(0))  # one entry per own CPU
     torch.set_num_threads(1)
+
+
+def test_patience_zero_stops_at_the_first_epoch_without_progress_not_after_an_improving_one(
+        run_train):
+    _, run_dir = run_train("model=linear", "trainer.max_epochs=3",
+                           "trainer.early_stopping.patience=0")
+    state = torch.load(run_dir / "checkpoints/last.pt", weights_only=False)["fit_state"]
+    assert state["epoch"] == 3 and state["best_epoch"] == 3  # every epoch improved
+
+
+def test_a_step_the_fp16_scaler_skips_does_not_advance_the_schedule():
+    from nnrecipe.loop import _optimizer_step
+
+    model = torch.nn.Linear(2, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    scaler = torch.amp.GradScaler("cpu")
+    for x, stepped in [(float("inf"), False), (1.0, True)]:  # inf: inf gradients, skipped
+        optimizer.zero_grad()
+        scaler.scale(model(torch.full((1, 2), x)).sum()).backward()
+        assert _optimizer_step(optimizer, scaler) is stepped  # the loop steps the lr if True
+
+
+def test_nan_weights_after_a_finite_loss_stop_the_run_before_last_pt(run_train, monkeypatch):
+    """The last step of epoch 1 leaves NaN weights (its loss was finite): Diverged, and no
+    last.pt holding NaN weights."""
+    from nnrecipe import loop
+    from nnrecipe.loop import Diverged
+
+    step, calls = loop._optimizer_step, []
+
+    def poisoning(optimizer, scaler):
+        done = step(optimizer, scaler)
+        calls.append(1)
+        if len(calls) == 40:  # digits: 40 steps an epoch
+            for group in optimizer.param_groups:
+                group["params"][0].data.fill_(float("nan"))
+        return done
+
+    monkeypatch.setattr(loop, "_optimizer_step", poisoning)
+    with pytest.raises(Diverged, match="weights became NaN"):
+        run_train("model=linear", "trainer.max_epochs=2", "trainer.checkpoint_every_s=0")
+
+
+def test_tf32_is_a_key_and_each_epoch_is_one_line_in_the_log(run_train, caplog):
+    with caplog.at_level("INFO", logger="nnrecipe"):
+        run_train("model=linear", "trainer.max_epochs=2", "trainer.tf32=false")
+    assert torch.get_float32_matmul_precision() == "highest"
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("epoch ")]
+    assert len(lines) == 2 and "epoch 2/2  train/loss" in lines[1] and "val/acc" in lines[1]
+    torch.set_float32_matmul_precision("high")

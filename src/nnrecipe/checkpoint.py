@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from nnrecipe.config import CONF
 from nnrecipe.errors import UserError
 
 
@@ -85,7 +86,7 @@ def _to_cpu(obj):
 
 # May differ between a run and its resumption without changing what is trained.
 RESUME_FREE = ("trainer.resume", "trainer.max_epochs", "trainer.progress", "trainer.num_threads",
-               "trainer.checkpoint_every_s", "logger", "checks")
+               "trainer.checkpoint_every_s", "logger", "checks", "world_size", "trainer.device")
 
 
 def config_changes(saved: dict | None, current: dict) -> list[str]:
@@ -125,3 +126,61 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
     if not isinstance(state, dict) or "model" not in state:
         raise UserError(f"{path} is not an nnrecipe checkpoint (no 'model' entry)")
     return state
+
+
+def resume_source(resume: str | None, run_dir: Path) -> Path | None:
+    """What trainer.resume means: null, nothing; `auto`, this run folder's checkpoints/last.pt
+    when there is one (a preempted or requeued run continues by itself), else nothing; any
+    other value, that file or run folder."""
+    if not resume:
+        return None
+    if str(resume) == "auto":
+        last = Path(run_dir) / "checkpoints" / "last.pt"
+        return last if last.is_file() else None
+    return Path(resume)
+
+
+def check_model_fits(ckpt: dict, model, config: dict, path: Path) -> None:
+    """A checkpoint of another model: say which model wrote it and the override that matches,
+    rather than torch's list of missing and unexpected keys."""
+    ours, theirs = model.state_dict(), ckpt["model"]
+    if ours.keys() == theirs.keys() and all(ours[k].shape == theirs[k].shape for k in ours):
+        return
+    saved = (ckpt.get("config") or {}).get("model") or {}
+    wrote, overrides = model_overrides(saved)
+    builds, _ = model_overrides(config.get("model") or {})
+    if not wrote:
+        raise UserError(f"trainer.resume={path}: the checkpoint's weights do not fit this model "
+                        f"(model={builds}); resume with the model config of the run that wrote it")
+    what = "another configuration of the same model" if wrote == builds else f"model={wrote}"
+    raise UserError(
+        f"trainer.resume={path} was written by {what} ({saved.get('_target_')}) and this run "
+        f"builds model={builds}: resume with {' '.join([f'model={wrote}', *overrides])}")
+
+
+def model_overrides(saved: dict) -> tuple[str | None, list[str]]:
+    """(the conf/model option a saved model config came from, the model.KEY=VALUE overrides
+    that rebuild it from that option); (None, []) when no option has its _target_."""
+    from nnrecipe.config import _options
+
+    names = sorted(p.stem for p in (CONF / "model").glob("*.yaml"))
+    candidates = [(n, o) for n, o in zip(names, _options("model"))
+                  if o.get("_target_") == saved.get("_target_")]
+    if not candidates:
+        return None, []
+    # the option needing the fewest overrides (timm's options differ by model.name)
+    name, option = min(candidates, key=lambda c: len(_overrides(c[1], saved)))
+    return name, _overrides(option, saved)
+
+
+def _overrides(option: dict, saved: dict) -> list[str]:
+    out = []
+    for key, value in saved.items():
+        default = option.get(key)
+        if isinstance(default, str) and default.startswith("${"):
+            continue  # filled from the data (num_classes, in_chans): not the user's choice
+        if key in option and default != value:
+            out.append(f"model.{key}={value}".replace(" ", ""))
+        elif key not in option:
+            out.append(f"+model.{key}={value}".replace(" ", ""))
+    return out

@@ -63,6 +63,7 @@ RULES: list[tuple[str, str | None, str | None, object]] = [
     ("trainer.early_stopping.patience", "int", ">= 0 (null: off)", _at_least(0)),
     ("trainer.precision", None, "fp32, bf16 or fp16", lambda v: v in ("fp32", "bf16", "fp16")),
     ("trainer.resume", "str", None, None),
+    ("trainer.sync_batchnorm", "bool", "true, false or null (null: on with several GPUs)", None),
     ("checks.budget_s", "float", "> 0 (null: the checks' full sizes)", _positive),
     ("checks.num_threads", "int", ">= 1 (null: the trainer's, fewer on busy cores)",
      _at_least(1)),

@@ -12,7 +12,10 @@ log = logging.getLogger(__name__)
 
 
 class Tracker:
-    """What the rest of nnrecipe logs through. This base class keeps nothing (logger=none)."""
+    """What the rest of nnrecipe logs through. This base class keeps nothing (logger=none, and
+    every rank but 0 of a distributed run)."""
+
+    run_id: str | None = None  # stored in checkpoints: a resumed run continues this W&B run
 
     def log(self, metrics: dict, step: int | None = None) -> None: ...
 
@@ -28,12 +31,13 @@ class Tracker:
     def table(self, key: str, columns: list[str], rows: list[list],
               step: int | None = None) -> None: ...
 
-    def finish(self, failed: bool = False) -> None: ...
+    def finish(self, failed: bool = False, preempted: bool = False) -> None: ...
 
 
 class WandbTracker(Tracker):
     def __init__(self, run):
         self.run = run
+        self.run_id = run.id
 
     def log(self, metrics, step=None):
         self.run.log(metrics, step=step)
@@ -54,10 +58,12 @@ class WandbTracker(Tracker):
 
         self.run.log({key: wandb.Table(columns=columns, data=rows)}, step=step)
 
-    def finish(self, failed=False):
+    def finish(self, failed=False, preempted=False):
         offline = self.run.settings.mode == "offline"
         run_dir = Path(self.run.dir).parent
-        self.run.finish(exit_code=1 if failed else 0)
+        if preempted:  # W&B shows it as preempted; the resumed run continues it (same id)
+            self.run.mark_preempting()
+        self.run.finish(exit_code=1 if failed or preempted else 0)
         if offline:
             log.info("W&B run saved offline. Upload it with:  wandb sync %s", run_dir)
 
@@ -84,8 +90,13 @@ def start_tracking(
     job_type: str | None = None,
     tags: list[str] | None = None,
     overrides: list[str] | None = None,
+    run_id: str | None = None,
 ) -> Tracker:
-    if logger_cfg.name == "none":
+    """The run's tracker; `run_id`: continue that W&B run (a resumed run's checkpoint holds it).
+    Only rank 0 of a distributed run tracks: one W&B run per job."""
+    from nnrecipe import distributed
+
+    if logger_cfg.name == "none" or not distributed.is_main():
         return Tracker()
     import wandb  # slow to import: only when W&B is on
 
@@ -101,6 +112,8 @@ def start_tracking(
         job_type=job_type or logger_cfg.get("job_type", "train"),
         tags=list(tags or []) + list(logger_cfg.get("tags") or []),
         mode=wandb_mode(),
+        id=run_id,
+        resume="allow" if run_id else None,
         reinit="finish_previous",  # sequential sweep trials in one process: never merge runs
         settings=wandb.Settings(silent=job_type == "trial"),  # a sweep: one console line a trial
     )

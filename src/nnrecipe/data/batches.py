@@ -6,6 +6,7 @@ collate costs 5-30x the model's own time. Slicing a tensor already on the device
 
 from __future__ import annotations
 
+import itertools
 import math
 import weakref
 from collections.abc import Iterator
@@ -27,22 +28,74 @@ def iterate_batches(
     generator: torch.Generator | None = None,
     device: torch.device | str | None = None,
     num_workers: int = 0,
+    rank: int = 0,
+    world: int = 1,
+    skip: int = 0,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Yield (x, y) batches on `device`; the order is drawn from `generator` when shuffling."""
-    if isinstance(split, TensorSplit):
-        n = len(split)
-        if not shuffle:
-            for i in range(0, n, batch_size):
-                yield split.x[i : i + batch_size], split.y[i : i + batch_size]
-            return
-        order = torch.randperm(n, generator=generator).to(split.x.device)
-        for i in range(0, n, batch_size):
-            idx = order[i : i + batch_size]
-            yield split.x[idx], split.y[idx]
-        return
+    """Yield (x, y) batches on `device`; the order is drawn from `generator` when shuffling.
 
-    yield from file_batches(split, batch_size, device, num_workers, shuffle=shuffle,
-                            generator=generator)
+    `batch_size` is the global batch. With `world` > 1, this rank's share of it:
+    - in memory, shuffled: every rank draws the same permutation and takes its contiguous
+      1/world of each global batch, so the ranks together see exactly the batches one process
+      sees (a last batch with fewer samples than ranks is left out of that epoch);
+    - in memory, in order (evaluation): this rank's contiguous 1/world of the split, every
+      sample on exactly one rank;
+    - files: a DistributedSampler when shuffled (its seed drawn from `generator`, so the order
+      is resumable), a contiguous range otherwise.
+    `skip`: global batches to leave out at the start (a run resumed in the middle of an epoch).
+    """
+    if isinstance(split, TensorSplit):
+        yield from _tensor_batches(split, batch_size, shuffle, generator, rank, world, skip)
+        return
+    if world > 1:
+        sampler = _rank_sampler(split, shuffle, generator, rank, world)
+        batches = file_batches(split, batch_size // world if shuffle else batch_size, device,
+                               num_workers, sampler=sampler)
+    else:
+        batches = file_batches(split, batch_size, device, num_workers, shuffle=shuffle,
+                               generator=generator)
+    yield from itertools.islice(batches, skip, None)
+
+
+def _tensor_batches(split: TensorSplit, batch_size, shuffle, generator, rank, world, skip):
+    n = len(split)
+    if not shuffle:
+        start, stop = shard_range(n, rank, world)
+        for i in range(start + skip * batch_size, stop, batch_size):
+            j = min(i + batch_size, stop)
+            yield split.x[i:j], split.y[i:j]
+        return
+    order = torch.randperm(n, generator=generator).to(split.x.device)
+    for i in range(skip * batch_size, n, batch_size):
+        idx = order[i : i + batch_size]
+        if world > 1:
+            if len(idx) < world:
+                return  # a tail smaller than the ranks: dropped, no rank gets an empty batch
+            idx = torch.tensor_split(idx, world)[rank]
+        yield split.x[idx], split.y[idx]
+
+
+def _rank_sampler(split: FileSplit, shuffle, generator, rank: int, world: int):
+    """This rank's indices of a file split: a DistributedSampler's share when shuffled (seeded
+    from `generator` each epoch: the role of set_epoch, and resumable), else a contiguous range."""
+    if not shuffle:
+        return range(*shard_range(len(split), rank, world))
+    from torch.utils.data.distributed import DistributedSampler
+
+    seed = int(torch.randint(2**31 - 1, (1,), generator=generator)) if generator else 0
+    sampler = DistributedSampler(split, num_replicas=world, rank=rank, shuffle=True, seed=seed)
+    sampler.set_epoch(0)
+    return sampler
+
+
+def global_batch_sizes(n: int, batch_size: int) -> list[int]:
+    """The size of each global batch of an epoch over `n` samples (the last may be smaller)."""
+    return [min(batch_size, n - i) for i in range(0, n, batch_size)]
+
+
+def shard_range(n: int, rank: int, world: int) -> tuple[int, int]:
+    """[start, stop) of rank's contiguous share of n samples: the shares cover each sample once."""
+    return rank * n // world, (rank + 1) * n // world
 
 
 def loader_options(device, num_workers: int) -> dict:

@@ -131,6 +131,7 @@ def _threads(cfg) -> int:
     checks' small steps wait on busy cores even more than training's (2 s -> 100 s measured)."""
     if cfg.get("num_threads"):
         return cfg.num_threads
+    runtime.busy_cores(reuse_s=0)  # measured now, not at start: the load may have risen since
     return min(torch.get_num_threads(), runtime.auto_threads()[0])
 
 

@@ -46,14 +46,14 @@ def evaluate_run(cfg: DictConfig, out_dir: Path) -> dict:
                              name=f"eval-{run.name}", job_type="eval")
     try:
         data = runs.build_data_of(run.config, device)
-        model = runs.build_model_of(run, data, device)
         task = runs.task_of(run.config, data)
+        model = runs.build_model_of(run, data, device, task)
         log.info("evaluating %s (%s)", run.file, run.config["model"].get("_target_"))
         scores = {}
         for split in cfg.splits:
             outputs, targets = runs.predict(model, data.splits[split], batch_size,
                                             trainer.get("precision", "fp32"), data.num_workers)
-            scores[split] = s = scoring.score(task, outputs, task.encode(targets))
+            scores[split] = s = scoring.score(task, outputs, targets)
             _report(split, s, data.class_names, out_dir, tracker)
         (out_dir / "eval.json").write_text(json.dumps(
             {"checkpoint": str(run.file), **{k: _jsonable(v) for k, v in scores.items()}},

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import atexit
 import importlib.util
 import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -13,6 +16,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))  # this checkout's package first (worktrees too)
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
+# data=image_folder caches its index there: never in the user's ~/.cache during tests
+if "NNRECIPE_CACHE_DIR" not in os.environ:
+    os.environ["NNRECIPE_CACHE_DIR"] = tempfile.mkdtemp(prefix="nnrecipe-cache-")
+    atexit.register(shutil.rmtree, os.environ["NNRECIPE_CACHE_DIR"], ignore_errors=True)
 if os.environ.get("PYTEST_XDIST_WORKER"):  # `pytest -n 2`: one torch thread per worker, or the
     os.environ.setdefault("OMP_NUM_THREADS", "1")  # workers' threads wait on each other's cores
 

@@ -164,6 +164,13 @@ CATALOG = [
     bad("num-classes-wrong", "data.num_classes=5", says="data.num_classes=5 but the data has 10"),
     bad("offline-torchvision-set", "data=mnist", "data.download=false",
         "data.root={tmp}/nothing-here", says="copy the files into"),
+    bad("cache-unknown", "data=image_folder", "data.root={images}", "data.cache=disk",
+        make=image_folder, says="data.cache=disk must be index, memory or none"),
+    bad("misspelt-folder-key", "data=image_folder", "data.root={images}", "+data.imagesize=8",
+        make=image_folder, says="did you mean data.image_size?"),
+    bad("hf-path-missing", "data=hf", "data.path={tmp}/no-such-set", says="does not exist"),
+    bad("hf-path-unset", "data=hf", says="data.path must be set"),
+    bad("webdataset-no-shards", "data=webdataset", "data.shards={tmp}", says="no .tar shards"),
     bad("single-class", "data=image_folder", "data.root={images}", "model=linear",
         "trainer.max_epochs=1", make=one_class, says="only one class was found"),
     # models
@@ -222,15 +229,10 @@ def test_bad_input(run_cli, tmp_path, trained_run, overrides, says, make):
 
 
 HONOURED = [
-    pytest.param("data.std=[0.5]", "data.std", [0.5], id="std-without-mean",
-                 marks=pytest.mark.xfail(strict=True, reason="data slice: item 1, data.std "
-                                         "given without data.mean is recomputed")),
-    pytest.param("data.in_chans=3", "data.in_chans", 3, id="digits-in-chans",
-                 marks=pytest.mark.xfail(strict=True, reason="data slice: item 1, keys a "
-                                         "source does not use are swallowed by **cfg")),
-    pytest.param("+data.batchsize=16", "data.batchsize", None, id="misspelt-data-key",
-                 marks=pytest.mark.xfail(strict=True, reason="data slice: item 1, a misspelt "
-                                         "data key is accepted")),
+    pytest.param("data.std=[0.5]", "data.std", [0.5], id="std-without-mean"),
+    pytest.param("data.in_chans=3", "data.in_chans", 3, id="digits-in-chans"),
+    pytest.param("+data.batchsize=16", "data.batchsize", None, id="misspelt-data-key"),
+    pytest.param("data.image_size=16", "data.image_size", 16, id="digits-image-size"),
 ]
 
 

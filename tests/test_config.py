@@ -20,6 +20,8 @@ def test_every_option_composes(compose_cfg, group, option):
     overrides = [f"{group}={option}"]
     if option == "image_folder":
         overrides.append("data.root=/some/images")
+    if option in ("hf", "webdataset"):  # their mandatory keys
+        overrides.append("data.path=/some/set" if option == "hf" else "data.shards=/some/tars")
     if option == "custom":
         overrides.append("model._target_=mypkg.MyNet")
     if option == "tabular":

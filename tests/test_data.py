@@ -26,8 +26,8 @@ def digits_cfg(**kw):
     return OmegaConf.create({**base, **kw})
 
 
-def test_digits_splits_are_stratified_disjoint_and_fixed_by_seed():
-    a, b, c = (build_data(digits_cfg(), seed=s) for s in (0, 0, 1))
+def test_digits_splits_are_stratified_disjoint_and_fixed_by_split_seed():
+    a, b, c = (build_data(digits_cfg(split_seed=s), seed=0) for s in (0, 0, 1))
     assert len(a.train) + len(a.val) + len(a.test) == 1797
     assert torch.equal(a.val.x, b.val.x) and not torch.equal(a.val.x, c.val.x)
     for split in (a.val, a.test):  # each class holds ~15% of the split
@@ -37,6 +37,15 @@ def test_digits_splits_are_stratified_disjoint_and_fixed_by_seed():
     assert len(set(np.concatenate(idx))) == 100 and [len(i) for i in idx] == [60, 20, 20]
     with pytest.raises(UserError, match="class 1 has 2 samples"):  # not one for each split
         stratified_split(np.array([0] * 10 + [1] * 2), [0.15, 0.15], seed=0)
+
+
+def test_seed_varies_training_only_and_the_split_hash_says_which_test_set():
+    """A seed sweep (-m seed=0,1,2) scores every run on the same test set; data.split_seed
+    draws another split, and the hash tells them apart (compare_runs groups by it)."""
+    a, b, c = (build_data(digits_cfg(split_seed=s), seed=t) for s, t in ((0, 0), (0, 7), (1, 0)))
+    assert torch.equal(a.test.x, b.test.x) and torch.equal(a.train.y, b.train.y)
+    assert a.split_hash == b.split_hash != c.split_hash
+    assert isinstance(a.split_hash, str) and len(a.split_hash) == 12
 
 
 def test_training_split_is_normalised_and_stats_written_back():

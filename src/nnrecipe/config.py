@@ -76,6 +76,9 @@ RULES: list[tuple[str, str | None, str | None, object]] = [
     ("data.mean", "list", None, None),
     ("data.std", "list", "> 0 per channel", _positive),
     ("data.root", "str", None, None),
+    ("data.split_seed", None, ">= 0", _at_least(0)),
+    ("data.cache", None, "index, memory or none", lambda v: v in ("index", "memory", "none")),
+    ("data.cache_dir", "str", None, None),
     ("model.dropout", None, "in [0, 1)", _fraction),
     ("model.spatial_dropout", None, "in [0, 1)", _fraction),
     ("model.drop_path_rate", None, "in [0, 1)", _fraction),
@@ -258,7 +261,7 @@ def _check_keys(prefix: str, value: dict, refs: list[dict], problems: list[str])
     known = {k for r in refs for k in r}
     unknown = [k for k in value if k not in known]
     if unknown and "_target_" in value:
-        _check_arguments(prefix, value, unknown, problems)
+        _check_arguments(prefix, value, unknown, problems, known)
     elif unknown and refs:
         problems += [_unknown(k, prefix, known) for k in unknown]
     for k in value:
@@ -375,7 +378,8 @@ def _yaml_hint(value, kinds) -> str:
     return ""
 
 
-def _check_arguments(prefix: str, value: dict, extra: list[str], problems: list[str]) -> None:
+def _check_arguments(prefix: str, value: dict, extra: list[str], problems: list[str],
+                     known=()) -> None:
     """Keys the defaults do not have, on a group built from `_target_`: passed to the target as
     keyword arguments, so they must be arguments it takes (of the annotated type, if any)."""
     from hydra.utils import get_object
@@ -390,10 +394,11 @@ def _check_arguments(prefix: str, value: dict, extra: list[str], problems: list[
     hints = _annotations(target)
     for k in extra:
         if k not in params and not takes_any:
-            close = difflib.get_close_matches(k, list(params), n=1)
+            takes = sorted({*params, *known} - {"self", "_target_"})  # its YAML's keys too
+            close = difflib.get_close_matches(k, takes, n=1)
             hint = f" (did you mean {prefix}.{close[0]}?)" if close else ""
             problems.append(f"{prefix}.{k}: {value['_target_']} takes no argument {k!r}{hint}; "
-                            f"it takes {', '.join(p for p in params if p not in ('self',))}")
+                            f"it takes {', '.join(takes)}")
         elif k in hints and hints[k] in (int, float, bool, str):
             kinds = {hints[k].__name__}
             if not _fits(value[k], kinds):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 from PIL import Image
@@ -29,3 +30,64 @@ def unreadable_reason(path: Path) -> str | None:
     except Exception as e:  # PIL raises many types for bad files; all mean "unusable"
         return f"not a readable image ({type(e).__name__}: {e})"
     return None
+
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def decode_resized(data: bytes, in_chans: int, size: int | None, fast: bool = False):
+    """File bytes -> uint8 tensor [in_chans, size, size] (size None: as stored).
+
+    `fast`: torchvision.io.decode_image for 8-bit PNGs whose colour type it converts exactly as
+    PIL does (1.5-2.7x PIL's rate on 32x32 PNGs, measured on 2 busy cores) -- same pixels, but
+    importing torchvision costs 1.6-5 s, so DataLoader workers use it and one-off reads do not.
+    Everything else goes through PIL, JPEGs decoded at 1/2-1/8 scale (draft) when the target is
+    that much smaller (~2.5x on 256 px JPEGs trained at 32). Resizing: torch's uint8
+    antialiased bilinear for both (Pillow's algorithm: the pixels agree to +-1 level).
+    """
+    import torch
+
+    if fast and _png_exact(data, in_chans):
+        from torchvision.io import ImageReadMode, decode_image
+
+        _quiet_torchvision_io()
+        mode = ImageReadMode.RGB if in_chans == 3 else ImageReadMode.GRAY
+        x = decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=mode)
+    else:
+        x = _pil_tensor(data, in_chans, size)
+    if size is not None and tuple(x.shape[-2:]) != (size, size):
+        x = torch.nn.functional.interpolate(x[None], size=(size, size), mode="bilinear",
+                                            antialias=True)[0]
+    return x
+
+
+@functools.cache
+def _quiet_torchvision_io() -> None:
+    """torchvision 0.29 deprecates its decoders for TorchCodec (not a dependency here): they
+    still work and still measure faster than PIL on small PNGs; once per process, no warning."""
+    import warnings
+
+    warnings.filterwarnings("ignore", "The image decoding and encoding capabilities of "
+                            "TorchVision", DeprecationWarning)
+
+
+def _png_exact(data: bytes, in_chans: int) -> bool:
+    """An 8-bit PNG that decode_image turns into the pixels PIL's convert() gives: grey, RGB
+    or RGBA to RGB (alpha dropped, as PIL does), grey to grey. Its RGB->grey weights differ."""
+    if data[:8] != PNG_SIGNATURE or len(data) < 26 or data[24] != 8:
+        return False
+    return data[25] in ((0, 2, 6) if in_chans == 3 else (0,))
+
+
+def _pil_tensor(data: bytes, in_chans: int, size: int | None):
+    from io import BytesIO
+
+    import numpy as np
+    import torch
+
+    with Image.open(BytesIO(data)) as image:
+        if size is not None and image.format == "JPEG":
+            image.draft("RGB" if in_chans == 3 else "L", (size, size))  # never below size
+        image = image.convert("RGB" if in_chans == 3 else "L")
+    pixels = torch.from_numpy(np.array(image, dtype=np.uint8, copy=True))
+    return pixels.permute(2, 0, 1).contiguous() if pixels.ndim == 3 else pixels.unsqueeze(0)

@@ -1,7 +1,8 @@
 """Data sources: each returns a DataBundle of un-normalised splits (pixels in [0, 1]).
 
-Each source is the `_target_` of a conf/data/*.yaml. They receive every key of that config
-(batch size, mean, ...) and take what they need; build_data does the common rest.
+Each source is the `_target_` of a conf/data/*.yaml. Its arguments are its keys: build_data
+hands it those (and `seed`, from data.split_seed), keeps the common ones (batch size, mean, ...)
+and rejects a key nobody takes. No `**cfg` here: it would swallow a misspelt key silently.
 """
 
 from __future__ import annotations
@@ -11,8 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from nnrecipe.data.images import is_image_file, unreadable_reason
-from nnrecipe.data.splits import DataBundle, FileSplit, TensorSplit, warn_skipped
+from nnrecipe.data.splits import DataBundle, TensorSplit
 from nnrecipe.errors import UserError
 
 
@@ -57,24 +57,23 @@ def _share(counts: np.ndarray, fraction: float, rng) -> np.ndarray:
     return np.maximum(sizes, 1)
 
 
-def _tensor_bundle(x: torch.Tensor, y: torch.Tensor, class_names, seed, fractions, **cfg):
+def _tensor_bundle(x: torch.Tensor, y: torch.Tensor, class_names, seed, fractions):
     train, val, test = stratified_split(y.numpy(), fractions, seed)
     return DataBundle(
         *(TensorSplit(x[i], y[i]) for i in (train, val, test)),
         class_names=list(class_names),
         in_chans=x.shape[1],
         image_size=x.shape[-1],
-        batch_size=cfg.get("batch_size", 32),
     )
 
 
-def digits(seed: int = 0, val_fraction: float = 0.15, test_fraction: float = 0.15, **cfg):
+def digits(seed: int = 0, val_fraction: float = 0.15, test_fraction: float = 0.15):
     """scikit-learn's bundled 8x8 digits (1,797 images, pixel values 0..16)."""
     rows = _bundled_digits()
     x = torch.tensor(rows[:, :-1], dtype=torch.float32).reshape(-1, 1, 8, 8) / 16.0
     y = torch.tensor(rows[:, -1], dtype=torch.long)
     names = [str(c) for c in range(10)]
-    return _tensor_bundle(x, y, names, seed, [val_fraction, test_fraction], **cfg)
+    return _tensor_bundle(x, y, names, seed, [val_fraction, test_fraction])
 
 
 def _bundled_digits():
@@ -100,7 +99,6 @@ def synthetic(
     noise: float = 1.0,
     val_fraction: float = 0.15,
     test_fraction: float = 0.15,
-    **cfg,
 ):
     """Learnable random tensors: one random prototype per class plus Gaussian noise."""
     g = torch.Generator().manual_seed(seed)
@@ -109,7 +107,7 @@ def synthetic(
     y = y[torch.randperm(num_samples, generator=g)]
     x = prototypes[y] + noise * 0.25 * torch.randn(num_samples, *shape, generator=g)
     names = [f"class_{c}" for c in range(num_classes)]
-    return _tensor_bundle(x, y, names, seed, [val_fraction, test_fraction], **cfg)
+    return _tensor_bundle(x, y, names, seed, [val_fraction, test_fraction])
 
 
 def torchvision_set(
@@ -118,7 +116,6 @@ def torchvision_set(
     download: bool = True,
     seed: int = 0,
     val_fraction: float = 0.1,
-    **cfg,
 ):
     """A torchvision dataset (MNIST, FashionMNIST, CIFAR10, CIFAR100) held in memory.
 
@@ -152,87 +149,7 @@ def torchvision_set(
         class_names=[str(c) for c in sets[0].classes],
         in_chans=xs[0].shape[1],
         image_size=xs[0].shape[-1],
-        batch_size=cfg.get("batch_size", 128),
     )
 
 
-def _scan_classes(folder: Path, class_names: list[str], bad: list[str]):
-    """Image files under folder/<class>/, each decoded once so broken files never reach a batch;
-    the unreadable ones are appended to `bad`."""
-    from tqdm.auto import tqdm
-
-    found = [
-        (path, label)
-        for label, name in enumerate(class_names)
-        if (folder / name).is_dir()
-        for path in sorted((folder / name).rglob("*"))
-        if path.is_file() and is_image_file(path)
-    ]
-    paths, targets = [], []
-    for path, label in tqdm(found, desc=f"checking {folder.name}/", unit="img", disable=None,
-                            leave=False):
-        if unreadable_reason(path):
-            bad.append(str(path))
-            continue
-        paths.append(path)
-        targets.append(label)
-    return paths, targets
-
-
-def image_folder(
-    root: str | None = None,
-    seed: int = 0,
-    val_fraction: float = 0.15,
-    test_fraction: float = 0.15,
-    image_size: int = 64,
-    in_chans: int = 3,
-    num_workers: int = 2,
-    **cfg,
-):
-    """Images in class subfolders: root/<class>/*.png, or root/{train,val,test}/<class>/*.png."""
-    if root in (None, "", "???"):
-        raise UserError("data=image_folder needs data.root=/path/to/images (one folder per class)")
-    root = Path(root).expanduser().resolve()
-    if not root.is_dir():
-        raise UserError(f"data.root={root} does not exist or is not a folder")
-    presplit = (root / "train").is_dir()
-    train_dir = root / "train" if presplit else root
-    class_names = sorted(p.name for p in train_dir.iterdir() if p.is_dir())
-    if not class_names:
-        raise UserError(
-            f"data.root={train_dir} holds no class subfolders: expected "
-            f"{train_dir}/<class name>/<image files>"
-        )
-    bad = []  # unreadable files of all splits: one warning names them all
-    paths, targets = _scan_classes(train_dir, class_names, bad)
-    if not paths:
-        raise UserError(f"data.root={train_dir} holds no readable image files in its class folders")
-
-    splits = {}
-    missing = []
-    for name in ("val", "test"):
-        if presplit and (root / name).is_dir():
-            splits[name] = _scan_classes(root / name, class_names, bad)
-        else:
-            missing.append(name)
-    warn_skipped(bad, "unreadable image files")
-    fractions = [val_fraction if n == "val" else test_fraction for n in missing]
-    train_idx, *carved = stratified_split(targets, fractions, seed)
-    for name, idx in zip(missing, carved):
-        splits[name] = ([paths[i] for i in idx], [targets[i] for i in idx])
-    splits["train"] = ([paths[i] for i in train_idx], [targets[i] for i in train_idx])
-
-    def file_split(name):
-        ps, ts = splits[name]
-        return FileSplit(root, [p.relative_to(root) for p in ps], ts)
-
-    return DataBundle(
-        file_split("train"),
-        file_split("val"),
-        file_split("test"),
-        class_names=class_names,
-        in_chans=in_chans,
-        image_size=image_size,
-        batch_size=cfg.get("batch_size", 64),
-        num_workers=num_workers,
-    )
+from nnrecipe.data.folder import image_folder  # noqa: E402, F401  (its _target_ name)

@@ -17,6 +17,8 @@ class TensorSplit:
 
     x: torch.Tensor
     y: torch.Tensor
+    paths: list[str] | None = None     # the files it was decoded from (data.cache=memory)
+    hashes: list[bytes] | None = None  # their content hashes, from the index
 
     def __len__(self) -> int:
         return len(self.y)
@@ -28,12 +30,17 @@ class TensorSplit:
 
 @dataclass
 class FileSplit:
-    """A split of image files under `root`, read and decoded by DataLoader workers."""
+    """A split of image files under `root`, decoded and resized by DataLoader workers into uint8
+    batches; `finish` makes them float and normalised on the device (4x less to copy there)."""
 
     root: Path
-    paths: list[Path]          # relative to root
+    paths: list[str]           # relative to root, posix (str: 100k Path objects cost seconds)
     targets: list[int]
-    transform: object = None   # set by build_data once mean/std are known
+    hashes: list[bytes] | None = None  # content hash per file, from the index (leakage check)
+    in_chans: int = 3          # the rest: set by build_data
+    image_size: int | None = None
+    mean: list[float] | None = None
+    std: list[float] | None = None
 
     def __len__(self) -> int:
         return len(self.targets)
@@ -42,22 +49,40 @@ class FileSplit:
     def labels(self) -> torch.Tensor:
         return torch.tensor(self.targets, dtype=torch.long)
 
-    def dataset(self) -> Dataset:
-        return ImageFiles(self)
+    def dataset(self, fast: bool = False) -> Dataset:
+        return ImageFiles(self, fast)
+
+    def finish(self, x: torch.Tensor) -> torch.Tensor:
+        """uint8 [B, C, H, W] -> float, normalised by the split's mean/std, where x lies."""
+        x = x.float().div_(255)
+        if self.mean is None:
+            return x
+        mean = torch.tensor(self.mean, device=x.device).view(1, -1, 1, 1)
+        std = torch.tensor(self.std, device=x.device).view(1, -1, 1, 1)
+        return x.sub_(mean).div_(std)
 
 
 class ImageFiles(Dataset):
-    def __init__(self, split: FileSplit):
-        self.split = split
+    """Decodes whole batches (__getitems__): one call per batch rather than per sample, and the
+    samples come back stacked, so the DataLoader's collate has nothing left to do."""
+
+    def __init__(self, split: FileSplit, fast: bool = False):
+        self.split, self.fast = split, fast  # fast: torchvision's PNG decoder (see images.py)
 
     def __len__(self) -> int:
         return len(self.split)
 
     def __getitem__(self, i: int):
-        from nnrecipe.data.images import load_image
+        x, y = self.__getitems__([i])
+        return x[0], y[0]
 
-        image = load_image(self.split.root / self.split.paths[i])
-        return self.split.transform(image), self.split.targets[i]
+    def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        from nnrecipe.data.images import decode_resized
+
+        s = self.split
+        images = [decode_resized((s.root / s.paths[i]).read_bytes(), s.in_chans, s.image_size,
+                                 self.fast) for i in indices]
+        return torch.stack(images), torch.tensor([s.targets[i] for i in indices])
 
 
 @dataclass
@@ -78,6 +103,7 @@ class DataBundle:
     # class_names: the classes) | values (float [N, K]: regression) | labels (0/1 float [N, K]:
     # multi-label); class_names then names the K outputs, so num_classes is the output width
     targets: str = "classes"
+    split_hash: str | None = None  # identity of the test split (build_data): runs compare on it
 
     @property
     def num_classes(self) -> int:
@@ -101,6 +127,24 @@ class DataBundle:
         mean = torch.tensor(self.mean, device=x.device).view(1, -1, 1, 1)
         std = torch.tensor(self.std, device=x.device).view(1, -1, 1, 1)
         return (x - mean) / std
+
+
+def split_hash(split: TensorSplit | FileSplit) -> str:
+    """A short hash of which samples a split holds (file paths and labels, or the tensors'
+    bytes): equal hashes mean runs were scored on the same samples, data.cache=memory or not.
+    Hashed before normalising, so it does not depend on the mean/std."""
+    import hashlib
+
+    h = hashlib.blake2b(digest_size=6)
+    if isinstance(split, TensorSplit) and split.paths is None:
+        h.update(split.x.detach().cpu().contiguous().numpy().tobytes())
+        y = split.y.detach().cpu()  # class ids hash the same whatever their int dtype
+        y = y if y.is_floating_point() else y.to(torch.int64)
+        h.update(y.contiguous().numpy().tobytes())
+    else:
+        for path, target in zip(split.paths, split.labels.tolist(), strict=True):
+            h.update(f"{path}\t{target}\n".encode())
+    return h.hexdigest()
 
 
 def warn_skipped(paths: list[str], why: str) -> None:

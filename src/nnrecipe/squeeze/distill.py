@@ -36,6 +36,7 @@ class Teacher:
         for path in runs.find_runs(paths):
             run = runs.load_run(path)
             own = runs.build_data_of(run.config, device)
+            runs.task_of(run.config, own)  # its targets as its task sees them, like the student's
             for split in ("val", "test"):  # a teacher that saw the student's val/test leaks it
                 if runs.split_fingerprint(own.splits[split]) != runs.split_fingerprint(
                         data.splits[split]):
@@ -46,7 +47,7 @@ class Teacher:
             if own.mean != data.mean or own.std != data.std:
                 raise UserError(f"distill.teacher: {run.name} normalised its inputs with other "
                                 f"mean/std ({own.mean}/{own.std} vs {data.mean}/{data.std})")
-            self.models.append(runs.build_model_of(run, own, device))
+            self.models.append(runs.build_model_of(run, own, device, task))
         log.info("distill.teacher: %d model(s)", len(self.models))
 
     @torch.no_grad()
@@ -71,7 +72,11 @@ class Lookup:
     def find(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(found mask [B], outputs [B, ...] where found)."""
         k = self._keys(x)
-        pos = torch.searchsorted(self.keys, k).clamp(max=len(self.keys) - 1)
+        # the nearest key: rounding in another batch's matmul can put a row's key a hair above
+        # its stored twin, and searchsorted then points one past it
+        right = torch.searchsorted(self.keys, k).clamp(max=len(self.keys) - 1)
+        left = (right - 1).clamp(min=0)
+        pos = torch.where((self.keys[left] - k).abs() < (self.keys[right] - k).abs(), left, right)
         found = (self.keys[pos] - k).abs() <= 1e-9 * (1 + k.abs())
         return found, self.outputs[pos]
 

@@ -50,14 +50,18 @@ def load_pool(paths, device: torch.device, splits=("val", "test")) -> Pool:
         run = runs.load_run(path)
         key = repr(runs.data_identity(run.config))
         if key not in bundles:
-            bundles[key] = runs.build_data_of(run.config, device)
-        data = bundles[key]
+            data = runs.build_data_of(run.config, device)
+            bundles[key] = (data, runs.task_of(run.config, data))
+        data, task = bundles[key]
         prints = {s: runs.split_fingerprint(data.splits[s]) for s in splits}
         if reference is None:
             reference = (run, prints, data)
+        elif type(task) is not type(bundles[repr(runs.data_identity(reference[0].config))][1]):
+            raise UserError(f"members {reference[0].name} and {run.name} learn different tasks "
+                            f"(task._target_): their outputs cannot be averaged")
         elif prints != reference[1]:
             raise UserError(_split_mismatch(reference[0], run, prints, reference[1]))
-        model = runs.build_model_of(run, data, device)
+        model = runs.build_model_of(run, data, device, task)
         trainer = run.config.get("trainer", {})
         member = Member(run)
         for s in splits:
@@ -68,8 +72,7 @@ def load_pool(paths, device: torch.device, splits=("val", "test")) -> Pool:
         members.append(member)
         del model
     data = reference[2]
-    task = runs.task_of(reference[0].config, data)
-    targets = {s: task.encode(t) for s, t in targets.items()}
+    task = bundles[repr(runs.data_identity(reference[0].config))][1]
     for m in members:
         m.scores = {s: scoring.score(task, m.outputs[s], targets[s]) for s in splits}
     return Pool(members, targets, task, data, device)
@@ -141,7 +144,7 @@ def soup_outputs(pool: Pool, indices: list[int], splits=("val", "test")) -> dict
     first = pool.members[indices[0]].run
     weights = average_weights([pool.members[i].run.weights for i in indices])
     soup_run = runs.Run(name="soup", file=first.file, config=first.config, weights=weights)
-    model = runs.build_model_of(soup_run, pool.data, pool.device)
+    model = runs.build_model_of(soup_run, pool.data, pool.device, pool.task)
     trainer = first.config.get("trainer", {})
     return {s: runs.predict(model, pool.data.splits[s], trainer.get("eval_batch_size", 512),
                             trainer.get("precision", "fp32"), pool.data.num_workers)[0]

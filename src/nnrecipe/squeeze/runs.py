@@ -94,20 +94,22 @@ def ema_weights(ema_state: dict, raw: dict) -> dict:
 
 
 def task_of(config: dict, data=None):
-    """The run's Task (its `task` group when it has one, else classification), fitted to the
-    training targets as training fitted it (regression's standardisation). Score outputs
-    against `task.encode(targets)`."""
+    """The run's Task (its `task` group; classification for runs from before it), prepared on
+    `data` as training prepared it: fitted to the training targets, every in-memory split's
+    targets encoded once (regression's standardisation), so outputs score against split.y."""
     from nnrecipe.tasks import Classification
 
     task_cfg = config.get("task")
     if isinstance(task_cfg, dict) and task_cfg.get("_target_"):
-        from nnrecipe.errors import instantiate
+        from nnrecipe.tasks import build_task
 
-        task = instantiate(OmegaConf.create(task_cfg), "task")
+        task = build_task(OmegaConf.create(task_cfg))
     else:
         task = Classification()
     if data is not None:
-        task.fit_targets(data.train.labels)
+        from nnrecipe.tasks import prepare_targets
+
+        prepare_targets(task, data)
     return task
 
 
@@ -134,7 +136,7 @@ def _rounded(values) -> list[float]:
     return [round(v, 4) for v in values]
 
 
-def build_model_of(run: Run, data, device: torch.device) -> nn.Module:
+def build_model_of(run: Run, data, device: torch.device, task=None) -> nn.Module:
     """The run's model with its weights, in eval mode. No download, no init_from: the weights
     come from the checkpoint."""
     from nnrecipe.data import iterate_batches
@@ -145,7 +147,7 @@ def build_model_of(run: Run, data, device: torch.device) -> nn.Module:
         if key in model_cfg:
             model_cfg[key] = off
     example, _ = next(iterate_batches(data.train, 2, device=device))
-    model = build_model(model_cfg, example, data.num_classes)
+    model = build_model(model_cfg, example, data.num_classes, task)
     try:
         model.load_state_dict(run.weights)
     except RuntimeError as e:
@@ -192,6 +194,8 @@ def split_fingerprint(split) -> str:
 
 
 def data_identity(config: dict) -> dict:
-    """The data config that decides the splits' content (batch size and workers aside)."""
+    """The data config that decides the splits' content (batch size and workers aside), and
+    the task that reads the targets."""
     data = {k: v for k, v in (config.get("data") or {}).items() if k not in DATA_FREE}
-    return {"data": data, "seed": config.get("seed")}
+    task = (config.get("task") or {}).get("_target_", "nnrecipe.tasks.Classification")
+    return {"data": data, "seed": config.get("seed"), "task": task}

@@ -1,0 +1,103 @@
+"""data=hf: a Hugging Face `datasets` dataset, from the hub or from local files.
+
+data.path is a hub name (`uoft-cs/cifar10`: downloaded once, then datasets' cache) or a local
+folder: a save_to_disk() output, parquet files (train-*.parquet, test-*.parquet...) or an image
+folder. The dataset's own train/validation/test splits are used; those it lacks are carved
+from train. `datasets` is imported only here: 3 s that other runs do not pay.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from nnrecipe.data.encoded import Part, memory_bundle
+from nnrecipe.errors import UserError
+
+SPLIT_NAMES = {"train": ("train",), "val": ("validation", "valid", "val", "dev"),
+               "test": ("test",)}
+
+
+def hf_dataset(
+    path: str | None = None,
+    name: str | None = None,
+    image_column: str = "image",
+    label_column: str = "label",
+    seed: int = 0,
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.1,
+    image_size: int = 32,
+    in_chans: int = 3,
+):
+    if path in (None, "", "???"):
+        raise UserError("data=hf needs data.path=<hub name or local folder>")
+    dataset = _load(path, name)
+    parts, class_names = {}, None
+    for ours, theirs in SPLIT_NAMES.items():
+        found = next((dataset[s] for s in theirs if s in dataset), None)
+        if found is not None:
+            part, class_names = _part(found, ours, image_column, label_column, class_names)
+            parts[ours] = part
+    if "train" not in parts:
+        raise UserError(f"data.path={path} has no 'train' split (it has {', '.join(dataset)}): "
+                        f"nnrecipe trains on 'train' and carves the splits it lacks from it")
+    return memory_bundle(parts, class_names, in_chans, image_size, seed,
+                         {"val": val_fraction, "test": test_fraction})
+
+
+def _load(path: str, name: str | None):
+    """A DatasetDict, whatever the source. A hub name without network: one clear message."""
+    import datasets
+
+    local = Path(path).expanduser()
+    if local.exists():
+        saved = any((local / f).exists() for f in ("dataset_dict.json", "state.json"))
+        try:
+            ds = datasets.load_from_disk(str(local)) if saved else datasets.load_dataset(
+                str(local), name)
+        except Exception as e:
+            raise UserError(f"data.path={local}: could not load it with datasets "
+                            f"({type(e).__name__}: {e})") from e
+        return ds if isinstance(ds, datasets.DatasetDict) else datasets.DatasetDict(train=ds)
+    if path.startswith(("/", ".", "~")):
+        raise UserError(f"data.path={path} does not exist (a local folder was meant?)")
+    try:
+        return datasets.load_dataset(path, name)
+    except Exception as e:  # no network, a private set, a typo: the hub says which
+        raise UserError(
+            f"could not load data.path={path} from the Hugging Face hub ({type(e).__name__}: "
+            f"{str(e)[:300]}). Without network access: save it where you have network "
+            f"(datasets.load_dataset({path!r}).save_to_disk(DIR)), copy DIR here and set "
+            f"data.path=DIR (HF_HUB_OFFLINE=1 makes a missing hub set fail at once)."
+        ) from e
+
+
+def _part(ds, split: str, image_column: str, label_column: str, class_names):
+    """The split's keys, labels and a fetch of encoded bytes (decoded by nnrecipe, not PIL via
+    datasets, so that pixels agree with an image folder of the same files)."""
+    from datasets import ClassLabel, Image
+
+    for key, column in (("image_column", image_column), ("label_column", label_column)):
+        if column not in ds.column_names:
+            raise UserError(f"data.{key}={column} is not a column of the dataset: it has "
+                            f"{', '.join(ds.column_names)}")
+    feature = ds.features[label_column]
+    labels = ds[label_column]
+    if isinstance(feature, ClassLabel):
+        class_names = class_names or list(feature.names)
+    elif labels and isinstance(labels[0], str):  # class names as text: sorted, as folders are
+        class_names = class_names or sorted(set(labels))
+        position = {c: i for i, c in enumerate(class_names)}
+        labels = [position[v] for v in labels]
+    else:
+        class_names = class_names or [str(c) for c in range(max(labels) + 1)]
+    if not isinstance(ds.features[image_column], Image):
+        raise UserError(f"data.image_column={image_column} holds {ds.features[image_column]}, "
+                        f"not images")
+    encoded = ds.cast_column(image_column, Image(decode=False)).select_columns([image_column])
+
+    def fetch(indices: list[int]) -> list[bytes]:
+        rows = encoded[indices][image_column]
+        return [r["bytes"] if r["bytes"] is not None else Path(r["path"]).read_bytes()
+                for r in rows]
+
+    return Part([f"{split}/{i}" for i in range(len(ds))], list(labels), fetch), class_names

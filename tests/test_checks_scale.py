@@ -142,3 +142,29 @@ def test_leakage_uses_the_hashes_a_split_carries_without_reading_a_file(tmp_path
     assert r.status == FAIL and "val∩train: 1" in r.measured and "index's hashes" in r.measured
     del splits["val"].hashes  # one split without: every split is hashed from its files
     assert check_leakage(splits).status == FAIL  # the files are missing: the check says so
+
+
+class ThreadsSeen(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.net = ConvNet(10, 1)
+        self.seen = set()
+
+    def forward(self, x):
+        self.seen.add(torch.get_num_threads())
+        return self.net(x)
+
+
+@pytest.mark.parametrize(("idle", "expected"), [(1, 1), (8, 2)], ids=["busy", "idle"])
+def test_the_checks_use_the_trainers_threads_fewer_on_busy_cores(monkeypatch, idle, expected):
+    from nnrecipe import runtime
+
+    monkeypatch.setattr(runtime, "auto_threads", lambda sharing=1: (idle, "test"))
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)  # the trainer's
+    try:
+        model = ThreadsSeen()
+        preflight(model, skip=list(TRAININGS))
+    finally:
+        torch.set_num_threads(before)
+    assert model.seen == {expected}

@@ -8,7 +8,6 @@ afterwards is bit-identical to a run without them.
 
 from __future__ import annotations
 
-import itertools
 import logging
 import time
 from collections.abc import Callable
@@ -19,12 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nnrecipe import runtime
-from nnrecipe.checks.budget import (
-    full_plan,
-    plan_checks,
-    replan_trainings,
-    seconds_per_sample,
-)
+from nnrecipe.checks.budget import full_plan
 from nnrecipe.checks.data import check_data_batch, check_leakage, check_output_shape, model_in_chans
 from nnrecipe.checks.dependencies import (
     check_batch_independence,
@@ -58,6 +52,7 @@ from nnrecipe.checks.training import (
     optimizer_like,
     train_copy,
 )
+from nnrecipe.checks.trainings import TrainingChecks, read_batches
 from nnrecipe.data import DataBundle, iterate_batches
 from nnrecipe.errors import UserError
 
@@ -136,6 +131,7 @@ def _threads(cfg) -> int:
     checks' small steps wait on busy cores even more than training's (2 s -> 100 s measured)."""
     if cfg.get("num_threads"):
         return cfg.num_threads
+    runtime.busy_cores(reuse_s=0)  # measured now, not at start: the load may have risen since
     return min(torch.get_num_threads(), runtime.auto_threads()[0])
 
 
@@ -154,9 +150,8 @@ def _run_checks(model, data, cfg, run_dir, make_optimizer, augment, loss_fn, see
     # Large models cost more per step and learn more per step: they get the smaller budget.
     n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
     n_steps = cfg.steps if n_params <= cfg.large_model_params else cfg.large_model_steps
-    plan = full_plan(cfg, size, n_steps)
     # val as the data check compares it with train (more once the trainings' plan is known)
-    first_val = _batches(data.val, max(size, COMPARED_VAL), 1, device)[0][0]
+    first_val = read_batches(data.val, max(size, COMPARED_VAL), 1, device)[0][0]
     picture = Path(run_dir) / "batch.png" if run_dir is not None else None
     classes = task is None or task.targets == "classes"  # class-specific checks and messages
     if task is not None:
@@ -165,61 +160,8 @@ def _run_checks(model, data, cfg, run_dir, make_optimizer, augment, loss_fn, see
         expected, why = expected_init_loss(model, data.train.labels, n)
     else:
         expected, why = expected_init_loss_task(model, task, data.train.labels, n)
-    state: dict = {}  # what the training checks share: the plan, the batches, the scores
-
-    def prepare() -> None:
-        """After the quick checks: time one step on a copy, size the training checks."""
-        budget = cfg.get("budget_s")
-        probe = slice(0, min(len(x), PROBE_SAMPLES))  # small: the probe's time is spent too
-        per_sample = (seconds_per_sample(model, make_optimizer, x[probe], y[probe], loss_fn)
-                      if budget else None)
-        left = budget - (time.perf_counter() - started) if budget else 0.0
-        state["plan"] = plan_checks(plan, left, per_sample, budget) if budget else plan
-
-    def draw_batches() -> None:
-        """The two trainings' batches, sized with the time the overfit check left."""
-        state["plan"] = p = replan_trainings(state["plan"])
-        pool = _batches(data.train, p.batch, min(p.steps, p.distinct), device, seed + 1)
-        state["cycle"] = len(pool)
-        state["steps"] = list(itertools.islice(itertools.cycle(pool), p.steps))
-        state["val"] = _batches(data.val, min(p.val_samples, 512), -(-p.val_samples // 512),
-                                device)
-
-    def training(name: str) -> dict:
-        if "plan" not in state:
-            prepare()
-        if name != "overfit_one_batch" and "steps" not in state:
-            draw_batches()
-        return {"shortened": state["plan"].shortened(name), "deadline": state["plan"].deadline}
-
-    def overfit() -> CheckResult:
-        sized = training("overfit_one_batch")
-        k = state["plan"].overfit_samples
-        return check_overfit_one_batch(
-            model, x[:k], y[:k], make_optimizer, loss_fn, steps=state["plan"].overfit_steps,
-            target=cfg.overfit_loss, warn_ratio=cfg.overfit_warn_ratio,
-            patience=cfg.overfit_patience, reference=expected, seed=seed, **sized)
-
-    def decreases() -> CheckResult:
-        sized = training("loss_decreases")
-        if sized["deadline"] is not None:  # half of what is left: the baseline trains as long
-            now = time.perf_counter()
-            sized["deadline"] = now + max(0.0, sized["deadline"] - now) / 2
-        return check_loss_decreases(
-            model, state["steps"], state["cycle"], make_optimizer, loss_fn,
-            fail_drop=cfg.decrease_fail, warn_drop=cfg.decrease_warn, full_steps=plan.steps,
-            val=state["val"], seed=seed, **sized)
-
-    def baseline() -> CheckResult:
-        sized = training("input_independent_baseline")
-        decreases = results.get("loss_decreases")
-        done = decreases.extras.get("steps") if decreases is not None else None
-        scores = decreases.extras.get("scores") if decreases is not None else None
-        steps = state["steps"][:done] if scores is not None else state["steps"]
-        return check_input_independent_baseline(
-            model, steps, state["val"], make_optimizer, loss_fn, real=scores,
-            min_learned=cfg.baseline_min_learned, fail_carry=cfg.baseline_fail_carry,
-            warn_gain=cfg.baseline_warn, seed=seed, **sized)
+    trainings = TrainingChecks(model, data, cfg, (x, y), make_optimizer, loss_fn, seed,
+                               full_plan(cfg, size, n_steps), expected, started)
 
     runs = {
         "data_batch": lambda: check_data_batch(
@@ -238,7 +180,7 @@ def _run_checks(model, data, cfg, run_dir, make_optimizer, augment, loss_fn, see
         if classes else (lambda: check_init_well_task(model, task, data.train.labels, n,
                                                       requested=head_bias_requested, seed=seed)),
         "loss_at_init": lambda: check_loss_at_init(
-            model, _batches(data.train, size, cfg.init_batches, device, seed + 1),
+            model, read_batches(data.train, size, cfg.init_batches, device, seed + 1),
             expected, why, loss_fn, warn_excess=cfg.init_loss_warn,
             fail_excess=cfg.init_loss_fail, slack=cfg.init_loss_slack, seed=seed),
         "batch_independence": lambda: check_batch_independence(
@@ -248,9 +190,9 @@ def _run_checks(model, data, cfg, run_dir, make_optimizer, augment, loss_fn, see
                                                      cfg.gradient_recheck_steps, seed=seed),
         "eval_determinism": lambda: check_eval_determinism(model, x, rtol=cfg.eval_rtol,
                                                            atol=cfg.eval_atol, seed=seed),
-        "overfit_one_batch": overfit,
-        "loss_decreases": decreases,
-        "input_independent_baseline": baseline,
+        "overfit_one_batch": trainings.overfit,
+        "loss_decreases": trainings.decreases,
+        "input_independent_baseline": lambda: trainings.baseline(results.get("loss_decreases")),
     }
     results: dict[str, CheckResult] = {}
     for name in CHECKS:
@@ -264,23 +206,8 @@ def _run_checks(model, data, cfg, run_dir, make_optimizer, augment, loss_fn, see
     return [results[name] for name in CHECKS]
 
 
-PROBE_SAMPLES = 8
 COMPARED_VAL = 128  # val samples whose statistics data_batch compares with the train batch
 BUDGET_MARKS = ("shortened to fit checks.budget_s", "stopped at the time budget")
-
-
-def _batches(split, batch_size: int, count: int, device, seed: int | None = None) -> list:
-    """`count` batches of a split: shuffled by `seed`, or in order for None.
-
-    Always with a private generator: a DataLoader iterator draws its base seed from the global
-    RNG when it has none, which would shift training's stream (prediction_dynamics runs
-    outside the preflight's RNG guard).
-    """
-    generator = torch.Generator().manual_seed(seed if seed is not None else 0)
-    batches = iterate_batches(split, batch_size, shuffle=seed is not None, generator=generator,
-                              device=device)
-    # copies: unshuffled batches are views of the dataset, and a model may write to its input
-    return [(x.clone(), y.clone()) for x, y in itertools.islice(batches, max(1, count))]
 
 
 def prediction_dynamics(model: nn.Module, data: DataBundle, cfg,
@@ -292,7 +219,7 @@ def prediction_dynamics(model: nn.Module, data: DataBundle, cfg,
                                                                  "classes") != "classes":
         return None  # p(class) per epoch: a picture of classification only
     device = next(model.parameters()).device
-    x, y = _batches(data.val, cfg.dynamics_samples, 1, device)[0]
+    x, y = read_batches(data.val, cfg.dynamics_samples, 1, device)[0]
     dynamics = PredictionDynamics(x, y, data.class_names)
     if untrained:
         dynamics.record(model, 0)

@@ -27,7 +27,8 @@ MIN_VAL = 64           # fewest validation samples that judge the baseline
 OVERFIT_SIZES = (16, 8, 4)  # samples the overfit check may memorise, largest first
 OVERFIT_WANTS = 100    # steps it should be able to take (the convnet memorises 16 in ~60)
 MIN_OVERFIT_STEPS = 20
-OVERFIT_SHARE = 1 / 3  # of the time left after the quick checks; the rest: the two trainings
+OVERFIT_SHARE = 1 / 2  # of the time left after the quick checks (it stops early when it can:
+                       # the two trainings are sized after it, with what it left)
 
 
 @dataclass

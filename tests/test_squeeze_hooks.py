@@ -1,13 +1,11 @@
-"""End-to-end tests of the squeeze pieces the training loop calls. They need the hooks the
-integrator adds to src/nnrecipe/loop.py and src/train.py (README, "Wiring the squeeze tools"):
-strict xfails until then, so each turns into a failure (XPASS) the day its hook lands. Flip it
-to a plain test then."""
+"""End-to-end tests of the squeeze pieces the training loop calls (src/nnrecipe/loop.py and
+src/train.py): EMA, a frozen trunk, distillation, the pictures of the inside, the test
+accuracy's interval."""
 
 from __future__ import annotations
 
 import json
 
-import pytest
 import torch
 from squeeze_helpers import seed_overrides, train_run
 
@@ -16,8 +14,6 @@ def last_pt(run_dir):
     return torch.load(run_dir / "checkpoints" / "last.pt", weights_only=False)
 
 
-@pytest.mark.xfail(strict=True, reason="needs loop hook: Ema (trainer.ema.* in "
-                   "conf/trainer/default.yaml, ema.update after optimizer.step, val/loss_ema)")
 def test_ema_is_evaluated_each_epoch_and_saved(train_module, tmp_path):
     run = train_run(train_module, tmp_path / "ema", "trainer.max_epochs=2",
                     "trainer.ema.decay=0.9")
@@ -28,7 +24,6 @@ def test_ema_is_evaluated_each_epoch_and_saved(train_module, tmp_path):
     assert not torch.equal(ema["head.weight"], state["model"]["head.weight"])
 
 
-@pytest.mark.xfail(strict=True, reason="needs loop hook: set_trunk_frozen at each epoch start")
 def test_a_frozen_trunk_keeps_the_weights_it_started_from(train_module, tmp_path):
     base = train_run(train_module, tmp_path / "base", "trainer.max_epochs=1")
     tuned = train_run(train_module, tmp_path / "tuned", "trainer.max_epochs=1",
@@ -39,8 +34,6 @@ def test_a_frozen_trunk_keeps_the_weights_it_started_from(train_module, tmp_path
     assert not torch.equal(end["head.weight"], start["head.weight"])
 
 
-@pytest.mark.xfail(strict=True, reason="needs loop hook: build_distiller and distiller.loss "
-                   "(distill.* in conf/train.yaml)")
 def test_distillation_logs_both_parts_of_the_loss(train_module, tmp_path, recorder):
     sweep = tmp_path / "teachers"
     for s in range(2):
@@ -51,23 +44,18 @@ def test_distillation_logs_both_parts_of_the_loss(train_module, tmp_path, record
     assert tracker.series("train/loss_distill") and tracker.series("train/loss_task")
 
 
-@pytest.mark.xfail(strict=True, reason="needs loop hook: Inside.record / finish "
-                   "(inside.* in conf/train.yaml)")
 def test_a_run_draws_its_inside(train_module, tmp_path):
     run = train_run(train_module, tmp_path / "run", "trainer.max_epochs=2",
                     "inside.every_n_epochs=1")
     assert (run / "filters.png").exists() and (run / "activations.png").exists()
 
 
-@pytest.mark.xfail(strict=True, reason="needs train.py: the test accuracy's Wilson interval "
-                   "in the summary")
 def test_the_summary_has_the_test_accuracys_interval(train_module, tmp_path):
     run = train_run(train_module, tmp_path / "run", "trainer.max_epochs=1")
     summary = json.loads((run / "metrics.json").read_text())["summary"]
     assert summary["test/acc_ci_low"] < summary["test/acc"] < summary["test/acc_ci_high"]
 
 
-@pytest.mark.xfail(strict=True, reason="needs loop hook: Ema (best.pt's 'ema' entry)")
 def test_eval_of_an_ema_run_scores_the_ema_weights_as_training_did(train_module, tmp_path):
     from test_eval import load_eval_module
 

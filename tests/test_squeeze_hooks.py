@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 from squeeze_helpers import seed_overrides, train_run
 
@@ -73,3 +74,28 @@ def test_eval_of_an_ema_run_scores_the_ema_weights_as_training_did(train_module,
         cfg = compose("eval", overrides=["logger=none", f"checkpoint={run}"])
     scores = load_eval_module().evaluate_run(cfg, tmp_path)
     assert scores["test"]["acc"] == trained["test/acc"]
+
+
+def test_an_ema_run_stopped_and_resumed_ends_as_the_run_never_stopped(run_train, recorder,
+                                                                       tmp_path):
+    """The average is in last.pt and restored: 2 + 2 epochs give the 4-epoch run's EMA weights,
+    its history (val/loss_ema included) and its best epoch (picked by the EMA's val/loss)."""
+    from conftest import Interrupted
+
+    common = ["model=mlp", "model.dropout=0.2", "trainer.max_epochs=4",
+              "trainer.checkpoint_every_s=0", "trainer.ema.decay=0.9",
+              "trainer.num_threads=1"]  # compared bit for bit: one thread count
+    recorder()
+    four, d4 = run_train(*common, run_dir=tmp_path / "four")
+    recorder(stop_after_epoch=2)
+    with pytest.raises(Interrupted):
+        run_train(*common, run_dir=tmp_path / "two")
+    recorder()
+    resumed, dr = run_train(*common, f"trainer.resume={tmp_path / 'two'}",
+                            run_dir=tmp_path / "resumed")
+    assert resumed == four
+    a, b = (torch.load(d / "checkpoints" / "last.pt", weights_only=False) for d in (d4, dr))
+    assert a["fit_state"]["history"] == b["fit_state"]["history"]
+    assert a["fit_state"]["best_val_loss"] == a["fit_state"]["history"][
+        a["fit_state"]["best_epoch"] - 1]["val/loss_ema"]
+    assert all(torch.equal(a["ema"][k], b["ema"][k]) for k in a["ema"])

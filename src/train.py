@@ -162,6 +162,8 @@ def train(cfg: DictConfig, run_dir: Path, identity: dict | None = None) -> float
     tracker.finish()
     primary = task.primary_metric()
     val_line = "  ".join(f"val/{m} {v:.4f}" for m, v in state.best_val.items())
+    if ema is not None and tested_weights(cfg.trainer, model, ema) is ema.module:
+        val_line += "  (EMA weights)"  # they picked best.pt and took the test
     trial = (f"{(identity or {}).get('name', run_dir.name)}: {val_line}  test/{primary} "
              f"{test[f'test/{primary}']:.4f}  (best epoch {state.best_epoch}/{state.epoch})")
     # a sweep's console shows only the trial line

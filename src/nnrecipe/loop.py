@@ -219,18 +219,17 @@ def fit(
             if inside is not None and inside_every and state.epoch % inside_every == 0:
                 inside.record(model, state.epoch, state.step)  # eval mode, no grad
             # min_delta only decides what counts as progress for early stopping; best.pt is
-            # always the lowest val/loss
+            # always the lowest val/loss (the EMA's with trainer.ema.evaluate_with=ema)
             progress = val["loss"] < state.best_val_loss - trainer.early_stopping.min_delta
             state.bad_epochs = 0 if progress else state.bad_epochs + 1
             improved = val["loss"] < state.best_val_loss
             if improved:
                 state.best_val_loss, state.best_val = val["loss"], dict(val)
                 state.best_epoch = state.epoch
-            metrics = {"epoch": state.epoch, **{f"val/{m}": v for m, v in raw.items()},
-                       **{f"val/{m}_ema": v for m, v in (val_ema or {}).items()}}
+            shown = {**raw, **{f"{m}_ema": v for m, v in (val_ema or {}).items()}}
+            metrics = {"epoch": state.epoch, **{f"val/{m}": v for m, v in shown.items()}}
             state.history.append(metrics)
             tracker.log(metrics, step=state.step)
-            shown = {**raw, **{f"{m}_ema": v for m, v in (val_ema or {}).items()}}
             bar.set_postfix({f"val/{m}": f"{v:.4f}" for m, v in shown.items()})
             _log_epoch_line(state, trainer.max_epochs, train_loss, shown,
                             time.monotonic() - started)

@@ -38,6 +38,10 @@ from nnrecipe.errors import UserError
 from nnrecipe.loop import Diverged, evaluate, fit
 from nnrecipe.models import build_model, init_head_bias
 from nnrecipe.optim import Schedule, build_optimizer
+from nnrecipe.squeeze import wilson_interval
+from nnrecipe.squeeze.distill import build_distiller
+from nnrecipe.squeeze.ema import build_ema, tested_weights
+from nnrecipe.squeeze.inside import Inside
 from nnrecipe.sweeps import (
     SWEEP_LINE,
     compact_console,
@@ -76,11 +80,13 @@ def train(cfg: DictConfig, run_dir: Path, identity: dict | None = None) -> float
     config = {**OmegaConf.to_container(cfg, resolve=True), "world_size": distributed.world()}
     tracker = start_tracking(cfg.logger, run_dir, config, **(identity or {"name": run_dir.name}),
                              run_id=(resume or {}).get("wandb_id"))
+    data = None  # metrics.json names the test split (split_hash) once there is one
     try:
         # Build: one object per config group; any rank's error stops every rank.
-        data, model, optimizer, schedule, augment = distributed.together(
+        data, model, optimizer, schedule, augment, ema, distiller = distributed.together(
             _build, cfg, task, device, resume, resume_path)
-        config = {**OmegaConf.to_container(cfg, resolve=True), "world_size": distributed.world()}
+        config = {**OmegaConf.to_container(cfg, resolve=True), "world_size": distributed.world(),
+                  "split_hash": data.split_hash}
         tracker.update_config(config)  # with the values found while loading the data
         checkpoints = run_dir / "checkpoints"
         if resume is not None and distributed.is_main():
@@ -99,31 +105,47 @@ def train(cfg: DictConfig, run_dir: Path, identity: dict | None = None) -> float
         checks = distributed.on_main(_preflight, cfg, task, model, data, run_dir, tracker,
                                      augment)
         if cfg.checks.only:  # no objective: a sweeper records such a trial as failed
-            distributed.main_only(write_metrics)(run_dir, "checked", checks=checks)
+            distributed.main_only(write_metrics)(run_dir, "checked", checks=checks,
+                                                 split_hash=data.split_hash)
             tracker.finish()
             return None
         dynamics = (prediction_dynamics(model, data, cfg.checks, untrained=resume is None)
                     if distributed.is_main() else None)
+        inside = (_inside(cfg, model, data, device, run_dir, tracker)
+                  if distributed.is_main() else None)
         state = fit(model, optimizer, schedule, data, cfg.trainer, tracker,
                     checkpoints if distributed.is_main() else None, seed=cfg.seed,
-                    augment=augment, resume=resume, config=config, dynamics=dynamics, task=task)
+                    augment=augment, resume=resume, config=config, dynamics=dynamics, task=task,
+                    ema=ema, distiller=distiller, inside=inside,
+                    freeze_epochs=cfg.model.get("freeze_epochs", 0),
+                    inside_every=cfg.inside.every_n_epochs)
         if distributed.is_main():
             save_dynamics(dynamics, run_dir, tracker, state.step)
+        if inside is not None:  # filters.png and activations.png
+            inside.finish(model, state.epoch, state.step)
         if state.best_epoch < 0:  # every epoch's val/loss was NaN or infinite
             raise Diverged("no epoch reached a finite val/loss: lower optimizer.lr or set "
                            "trainer.grad_clip_norm=1.0, or run the preflight checks")
 
-        # Test once, with the weights that had the best val/loss (rank 0's best.pt, sent to all).
+        # Test once, with the weights that had the best val/loss (rank 0's best.pt, sent to all):
+        # the EMA's when trainer.ema.evaluate_with=ema.
         if best := distributed.on_main(_best_weights, checkpoints / "best.pt"):
-            model.load_state_dict(best)
-        test = evaluate(model, data.test, cfg.trainer.eval_batch_size, cfg.trainer.precision,
-                        data.num_workers, task)
+            model.load_state_dict(best["model"])
+            if ema is not None and "ema" in best:
+                ema.load_state_dict(best["ema"])
+        test = evaluate(tested_weights(cfg.trainer, model, ema), data.test,
+                        cfg.trainer.eval_batch_size, cfg.trainer.precision, data.num_workers,
+                        task)
         test = {f"test/{m}": v for m, v in test.items()}
         tracker.log(test, step=state.step)
         summary = {"best/val_loss": state.best_val_loss, "best/epoch": state.best_epoch,
                    # "at_best_loss": the epoch chosen by val/loss, not each metric's own best
                    **{f"best/val_{m}_at_best_loss": v for m, v in state.best_val.items()
                       if m != "loss"}, **test}
+        if "test/acc" in test:  # the test accuracy's 95% Wilson interval
+            n = len(data.test)
+            low, high = wilson_interval(round(test["test/acc"] * n), n)
+            summary.update({"test/acc_ci_low": low, "test/acc_ci_high": high})
         tracker.summary(summary)
         value = objective_value(objective, state.best_val, task)
     except runtime.Preempted:
@@ -131,14 +153,17 @@ def train(cfg: DictConfig, run_dir: Path, identity: dict | None = None) -> float
         tracker.finish(preempted=True)
         raise
     except BaseException as e:
-        distributed.main_only(write_metrics)(run_dir, "failed", error=f"{type(e).__name__}: {e}")
+        distributed.main_only(write_metrics)(run_dir, "failed", error=f"{type(e).__name__}: {e}",
+                                             **_split_hash(data))
         tracker.finish(failed=True)
         raise
     distributed.main_only(write_metrics)(run_dir, "finished", objective=value, summary=summary,
-                                         history=state.history)
+                                         history=state.history, split_hash=data.split_hash)
     tracker.finish()
     primary = task.primary_metric()
     val_line = "  ".join(f"val/{m} {v:.4f}" for m, v in state.best_val.items())
+    if ema is not None and tested_weights(cfg.trainer, model, ema) is ema.module:
+        val_line += "  (EMA weights)"  # they picked best.pt and took the test
     trial = (f"{(identity or {}).get('name', run_dir.name)}: {val_line}  test/{primary} "
              f"{test[f'test/{primary}']:.4f}  (best epoch {state.best_epoch}/{state.epoch})")
     # a sweep's console shows only the trial line
@@ -150,8 +175,9 @@ def train(cfg: DictConfig, run_dir: Path, identity: dict | None = None) -> float
 
 
 def _build(cfg: DictConfig, task, device, resume: dict | None, resume_path: Path | None):
-    """(data, model, optimizer, schedule, augmentation) as the config says; rank 0 first (a
-    download, a file index) and the others after, from what it left."""
+    """(data, model, optimizer, schedule, augmentation, ema, distiller) as the config says;
+    rank 0 first (a download, a file index) and the others after, from what it left. ema and
+    distiller: None unless trainer.ema.decay / distill.teacher are set."""
     with distributed.main_first():
         data = build_data(cfg.data, cfg.seed, device)
     prepare_targets(task, data)  # targets as the loss sees them (standardised regression)
@@ -170,11 +196,30 @@ def _build(cfg: DictConfig, task, device, resume: dict | None, resume_path: Path
     steps_per_epoch = num_batches(data.train, data.batch_size)
     schedule = Schedule(cfg.schedule, optimizer, steps_per_epoch, cfg.trainer.max_epochs)
     augment = build_augmentation(cfg.augmentation, data)
-    return data, model, optimizer, schedule, augment
+    ema = build_ema(cfg.trainer, model)  # a copy of the initial weights, averaged as they train
+    distiller = build_distiller(cfg.get("distill"), data, device, task)
+    return data, model, optimizer, schedule, augment, ema, distiller
+
+
+def _inside(cfg: DictConfig, model, data, device, run_dir: Path, tracker) -> Inside | None:
+    """Pictures of the inside (rank 0): statistics on a fixed val batch from epoch 0 on."""
+    if not cfg.inside.every_n_epochs:
+        return None
+    fixed, _ = next(iterate_batches(data.val, cfg.inside.batch_size, device=device))
+    return Inside(model, fixed, run_dir, tracker)
+
+
+def _split_hash(data) -> dict:
+    """metrics.json's split_hash (the test split's identity) once the data is built."""
+    return {"split_hash": data.split_hash} if data is not None else {}
 
 
 def _best_weights(path: Path) -> dict | None:
-    return load_checkpoint(path)["model"] if path.exists() else None
+    """best.pt's weights: the model's and, in an EMA run, the average's."""
+    if not path.exists():
+        return None
+    best = load_checkpoint(path)
+    return {k: best[k] for k in ("model", "ema") if k in best}
 
 
 def _preflight(cfg: DictConfig, task, model, data, run_dir: Path, tracker, augment) -> dict:

@@ -46,8 +46,9 @@ def errors(stderr: str) -> list[str]:
 def test_two_ranks_train_as_one_process_into_one_run_folder_and_one_wandb_run(
         run_train, tmp_path):
     """model=linear (no dropout, no BatchNorm), fp32, the same global batch: the same
-    optimisation, every sample evaluated once, and one run folder, W&B run and checkpoints/."""
-    common = ["model=linear", "trainer.max_epochs=2"]
+    optimisation (the EMA of the weights too), every sample evaluated once, and one run folder,
+    W&B run and checkpoints/ (and rank 0's pictures of the inside)."""
+    common = ["model=linear", "trainer.max_epochs=2", "trainer.ema.decay=0.9"]
     _, one = run_train(*common, "trainer.num_threads=1", run_dir=tmp_path / "one")
     done = torchrun(*common, "logger=wandb", cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -60,7 +61,9 @@ def test_two_ranks_train_as_one_process_into_one_run_folder_and_one_wandb_run(
     two_m, one_m = metrics(folder), metrics(one)
     for a, b in zip(two_m["history"], one_m["history"], strict=True):
         assert a["val/loss"] == pytest.approx(b["val/loss"], rel=1e-4)
+        assert a["val/loss_ema"] == pytest.approx(b["val/loss_ema"], rel=1e-4)
     assert two_m["summary"]["test/acc"] == one_m["summary"]["test/acc"]
+    assert (folder / "filters.png").is_file() and (folder / "activations.png").is_file()
     assert "epoch 2/2" in (folder / "train.log").read_text()  # the learning curve, one line
 
 

@@ -1,7 +1,6 @@
-"""End-to-end tests of the squeeze pieces the training loop calls. They need the hooks the
-integrator adds to src/nnrecipe/loop.py and src/train.py (README, "Wiring the squeeze tools"):
-strict xfails until then, so each turns into a failure (XPASS) the day its hook lands. Flip it
-to a plain test then."""
+"""End-to-end tests of the squeeze pieces the training loop calls (src/nnrecipe/loop.py and
+src/train.py): EMA, a frozen trunk, distillation, the pictures of the inside, the test
+accuracy's interval."""
 
 from __future__ import annotations
 
@@ -16,8 +15,6 @@ def last_pt(run_dir):
     return torch.load(run_dir / "checkpoints" / "last.pt", weights_only=False)
 
 
-@pytest.mark.xfail(strict=True, reason="needs loop hook: Ema (trainer.ema.* in "
-                   "conf/trainer/default.yaml, ema.update after optimizer.step, val/loss_ema)")
 def test_ema_is_evaluated_each_epoch_and_saved(train_module, tmp_path):
     run = train_run(train_module, tmp_path / "ema", "trainer.max_epochs=2",
                     "trainer.ema.decay=0.9")
@@ -28,7 +25,6 @@ def test_ema_is_evaluated_each_epoch_and_saved(train_module, tmp_path):
     assert not torch.equal(ema["head.weight"], state["model"]["head.weight"])
 
 
-@pytest.mark.xfail(strict=True, reason="needs loop hook: set_trunk_frozen at each epoch start")
 def test_a_frozen_trunk_keeps_the_weights_it_started_from(train_module, tmp_path):
     base = train_run(train_module, tmp_path / "base", "trainer.max_epochs=1")
     tuned = train_run(train_module, tmp_path / "tuned", "trainer.max_epochs=1",
@@ -39,8 +35,6 @@ def test_a_frozen_trunk_keeps_the_weights_it_started_from(train_module, tmp_path
     assert not torch.equal(end["head.weight"], start["head.weight"])
 
 
-@pytest.mark.xfail(strict=True, reason="needs loop hook: build_distiller and distiller.loss "
-                   "(distill.* in conf/train.yaml)")
 def test_distillation_logs_both_parts_of_the_loss(train_module, tmp_path, recorder):
     sweep = tmp_path / "teachers"
     for s in range(2):
@@ -51,23 +45,18 @@ def test_distillation_logs_both_parts_of_the_loss(train_module, tmp_path, record
     assert tracker.series("train/loss_distill") and tracker.series("train/loss_task")
 
 
-@pytest.mark.xfail(strict=True, reason="needs loop hook: Inside.record / finish "
-                   "(inside.* in conf/train.yaml)")
 def test_a_run_draws_its_inside(train_module, tmp_path):
     run = train_run(train_module, tmp_path / "run", "trainer.max_epochs=2",
                     "inside.every_n_epochs=1")
     assert (run / "filters.png").exists() and (run / "activations.png").exists()
 
 
-@pytest.mark.xfail(strict=True, reason="needs train.py: the test accuracy's Wilson interval "
-                   "in the summary")
 def test_the_summary_has_the_test_accuracys_interval(train_module, tmp_path):
     run = train_run(train_module, tmp_path / "run", "trainer.max_epochs=1")
     summary = json.loads((run / "metrics.json").read_text())["summary"]
     assert summary["test/acc_ci_low"] < summary["test/acc"] < summary["test/acc_ci_high"]
 
 
-@pytest.mark.xfail(strict=True, reason="needs loop hook: Ema (best.pt's 'ema' entry)")
 def test_eval_of_an_ema_run_scores_the_ema_weights_as_training_did(train_module, tmp_path):
     from test_eval import load_eval_module
 
@@ -85,3 +74,28 @@ def test_eval_of_an_ema_run_scores_the_ema_weights_as_training_did(train_module,
         cfg = compose("eval", overrides=["logger=none", f"checkpoint={run}"])
     scores = load_eval_module().evaluate_run(cfg, tmp_path)
     assert scores["test"]["acc"] == trained["test/acc"]
+
+
+def test_an_ema_run_stopped_and_resumed_ends_as_the_run_never_stopped(run_train, recorder,
+                                                                       tmp_path):
+    """The average is in last.pt and restored: 2 + 2 epochs give the 4-epoch run's EMA weights,
+    its history (val/loss_ema included) and its best epoch (picked by the EMA's val/loss)."""
+    from conftest import Interrupted
+
+    common = ["model=mlp", "model.dropout=0.2", "trainer.max_epochs=4",
+              "trainer.checkpoint_every_s=0", "trainer.ema.decay=0.9",
+              "trainer.num_threads=1"]  # compared bit for bit: one thread count
+    recorder()
+    four, d4 = run_train(*common, run_dir=tmp_path / "four")
+    recorder(stop_after_epoch=2)
+    with pytest.raises(Interrupted):
+        run_train(*common, run_dir=tmp_path / "two")
+    recorder()
+    resumed, dr = run_train(*common, f"trainer.resume={tmp_path / 'two'}",
+                            run_dir=tmp_path / "resumed")
+    assert resumed == four
+    a, b = (torch.load(d / "checkpoints" / "last.pt", weights_only=False) for d in (d4, dr))
+    assert a["fit_state"]["history"] == b["fit_state"]["history"]
+    assert a["fit_state"]["best_val_loss"] == a["fit_state"]["history"][
+        a["fit_state"]["best_epoch"] - 1]["val/loss_ema"]
+    assert all(torch.equal(a["ema"][k], b["ema"][k]) for k in a["ema"])

@@ -86,7 +86,8 @@ def _to_cpu(obj):
 
 # May differ between a run and its resumption without changing what is trained.
 RESUME_FREE = ("trainer.resume", "trainer.max_epochs", "trainer.progress", "trainer.num_threads",
-               "trainer.checkpoint_every_s", "logger", "checks", "world_size", "trainer.device")
+               "trainer.checkpoint_every_s", "logger", "checks", "world_size", "trainer.device",
+               "inside")  # inside: the pictures only observe
 
 
 def config_changes(saved: dict | None, current: dict) -> list[str]:

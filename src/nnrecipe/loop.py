@@ -24,6 +24,7 @@ from nnrecipe.checkpoint import Checkpointer
 from nnrecipe.data import DataBundle, TensorSplit, iterate_batches, num_batches
 from nnrecipe.data.batches import global_batch_sizes
 from nnrecipe.errors import UserError
+from nnrecipe.models.init_from import set_trunk_frozen
 from nnrecipe.optim import Schedule
 from nnrecipe.tasks import Classification, Task, add_stats, reduce_stats
 from nnrecipe.tracking import Tracker
@@ -103,6 +104,11 @@ def fit(
     config: dict | None = None,
     dynamics=None,
     task: Task | None = None,
+    ema=None,
+    distiller=None,
+    inside=None,
+    freeze_epochs: int = 0,
+    inside_every: int = 0,
 ) -> FitState:
     """Train for trainer.max_epochs, evaluating on the whole validation split after each epoch.
 
@@ -113,6 +119,11 @@ def fit(
     On SIGTERM/SIGUSR1 the step that runs finishes, last.pt is written and
     runtime.Preempted is raised.
     `task`: loss and metrics (nnrecipe.tasks; None: classification).
+    Recipe steps 4/6 (nnrecipe.squeeze; None or 0: off, at no cost): `ema` averages the weights
+    after each optimizer step and is evaluated each epoch (val/<metric>_ema; it picks best.pt
+    when trainer.ema.evaluate_with=ema), `distiller` replaces the task's loss by its mix with
+    a teacher's, `inside` records activation statistics every `inside_every` epochs, and the
+    trunk stays frozen for the first `freeze_epochs` epochs.
     """
     task = task or Classification()
     device = next(model.parameters()).device
@@ -124,6 +135,9 @@ def fit(
     state = FitState()
     if resume is not None:
         state = _restore(resume, model, optimizer, schedule, scaler, shuffle)
+        if ema is not None and resume.get("ema"):  # the average continues too
+            ema.load_state_dict(resume["ema"])
+    follow_ema = ema is not None and trainer.ema.get("evaluate_with", "ema") == "ema"
     # plain locals for the hot loop: each DictConfig lookup costs microseconds
     precision, clip_norm = trainer.precision, trainer.grad_clip_norm
     log_every = max(1, trainer.get("log_every_n_steps", 25))
@@ -133,7 +147,7 @@ def fit(
     saver = Checkpointer(checkpoint_dir, trainer.checkpoint_every_s) if checkpoint_dir else None
     epoch_shuffle, rngs = shuffle.get_state(), None  # what save() stores: set as training goes
     save = lambda: _checkpoint(state, model, optimizer, schedule, scaler, epoch_shuffle,  # noqa: E731
-                               config, rngs, tracker.run_id)
+                               config, rngs, tracker.run_id, ema)
     bar = tqdm(total=steps_per_epoch * trainer.max_epochs, initial=state.step, unit="step",
                disable=None if trainer.progress and distributed.is_main() else True,
                dynamic_ncols=True, leave=False)
@@ -145,6 +159,8 @@ def fit(
             started = time.monotonic()
             epoch_shuffle = shuffle.get_state()  # this epoch's order: a preempted run redraws it
             model.train()
+            if freeze_epochs:  # fine-tuning: the head alone for the first freeze_epochs
+                set_trunk_frozen(model, epoch < freeze_epochs)
             pending = []  # (step, lr, loss tensor): logged in blocks, one device sync per block
             for x, y in iterate_batches(data.train, data.batch_size, shuffle=True,
                                         generator=shuffle, device=device,
@@ -153,7 +169,8 @@ def fit(
                 if augment is not None:
                     x, y = augment(x, y)
                 with autocast(device, precision):
-                    loss = task.loss(net(x), y)
+                    out = net(x)  # a distiller's teacher sees the augmented x the student sees
+                    loss = distiller.loss(out, y, x) if distiller else task.loss(out, y)
                 if shares:  # ranks: DDP's mean of their losses is the global batch's mean
                     loss = loss * shares[state.step_in_epoch]
                 optimizer.zero_grad(set_to_none=True)
@@ -167,40 +184,55 @@ def fit(
                 pending.append((state.step, schedule.lr, loss.detach()))
                 if stepped:  # fp16: a step the scaler skipped leaves the schedule where it was
                     schedule.step()
+                    if ema is not None:  # the unwrapped model: the same keys as model's
+                        ema.update(model, state.step)
                 # a stop signal (SIGTERM, SIGUSR1): ranks look together, once per block
                 if ((world == 1 or len(pending) == log_every)
                         and distributed.agree(signals.received is not None)):
-                    state.epoch_loss_sum += _log_train_losses(pending, tracker, epoch, optimizer)
+                    state.epoch_loss_sum += _log_train_losses(pending, tracker, epoch,
+                                                              optimizer, distiller)
                     rngs = distributed.gather_objects(runtime.rng_state())
                     _preempted(saver, save, model, state, signals)  # last.pt, then raises
                 if len(pending) == log_every:
-                    state.epoch_loss_sum += _log_train_losses(pending, tracker, epoch, optimizer)
+                    state.epoch_loss_sum += _log_train_losses(pending, tracker, epoch,
+                                                              optimizer, distiller)
                 bar.update()
-            state.epoch_loss_sum += _log_train_losses(pending, tracker, epoch, optimizer)
+            state.epoch_loss_sum += _log_train_losses(pending, tracker, epoch,
+                                                      optimizer, distiller)
             train_loss = state.epoch_loss_sum / max(1, state.step_in_epoch)
             state.step_in_epoch, state.epoch_loss_sum = 0, 0.0
             epoch_shuffle = shuffle.get_state()  # the next epoch's order
 
             distributed.same_buffers(model)  # every rank evaluates the model rank 0 saves
-            val = evaluate(model, data.val, trainer.eval_batch_size, trainer.precision,
+            raw = evaluate(model, data.val, trainer.eval_batch_size, trainer.precision,
                            data.num_workers, task)
+            val_ema = None
+            if ema is not None:  # the average of the weights, on the same val split
+                distributed.same_buffers(ema.module)
+                val_ema = evaluate(ema.module, data.val, trainer.eval_batch_size,
+                                   trainer.precision, data.num_workers, task)
+            val = val_ema if follow_ema else raw  # what picks best.pt, stops early, plateaus
             schedule.epoch_end(val["loss"])
             state.epoch = epoch + 1
             if dynamics is not None:  # eval mode, no grad: draws no random numbers
                 dynamics.record(model, state.epoch)
+            if inside is not None and inside_every and state.epoch % inside_every == 0:
+                inside.record(model, state.epoch, state.step)  # eval mode, no grad
             # min_delta only decides what counts as progress for early stopping; best.pt is
-            # always the lowest val/loss
+            # always the lowest val/loss (the EMA's with trainer.ema.evaluate_with=ema)
             progress = val["loss"] < state.best_val_loss - trainer.early_stopping.min_delta
             state.bad_epochs = 0 if progress else state.bad_epochs + 1
             improved = val["loss"] < state.best_val_loss
             if improved:
                 state.best_val_loss, state.best_val = val["loss"], dict(val)
                 state.best_epoch = state.epoch
-            metrics = {"epoch": state.epoch, **{f"val/{m}": v for m, v in val.items()}}
+            shown = {**raw, **{f"{m}_ema": v for m, v in (val_ema or {}).items()}}
+            metrics = {"epoch": state.epoch, **{f"val/{m}": v for m, v in shown.items()}}
             state.history.append(metrics)
             tracker.log(metrics, step=state.step)
-            bar.set_postfix({f"val/{m}": f"{v:.4f}" for m, v in val.items()})
-            _log_epoch_line(state, trainer.max_epochs, train_loss, val, time.monotonic() - started)
+            bar.set_postfix({f"val/{m}": f"{v:.4f}" for m, v in shown.items()})
+            _log_epoch_line(state, trainer.max_epochs, train_loss, shown,
+                            time.monotonic() - started)
 
             # patience P: stop after P epochs without progress (0 acts as 1: an improving epoch
             # never stops the run); all ranks take the decision together
@@ -266,7 +298,8 @@ def _check_weights_finite(model: nn.Module, epoch: int) -> None:
             f"trainer.grad_clip_norm=1.0")
 
 
-def _log_train_losses(pending, tracker: Tracker, epoch: int, optimizer) -> float:
+def _log_train_losses(pending, tracker: Tracker, epoch: int, optimizer,
+                      distiller=None) -> float:
     """Log the block's train losses (means over the global batch: summed over ranks); return
     their sum. A NaN on any rank is in every rank's sum: every rank stops, together."""
     if not pending:
@@ -284,6 +317,8 @@ def _log_train_losses(pending, tracker: Tracker, epoch: int, optimizer) -> float
             error.settled = distributed.launched()  # every rank raises it: rank 0 says it
             raise error
         tracker.log({"train/loss": loss, "train/lr": lr}, step=step)
+    if distiller is not None and distiller.last_parts:  # the block's last step: task vs teacher
+        tracker.log({k: v.item() for k, v in distiller.last_parts.items()}, step=pending[-1][0])
     pending.clear()
     return sum(losses)
 
@@ -316,10 +351,11 @@ def _epoch_lines_off_the_console(shown: bool):
 
 
 def _checkpoint(state: FitState, model, optimizer, schedule, scaler, shuffle_state, config,
-                rngs, wandb_id) -> dict:
+                rngs, wandb_id, ema=None) -> dict:
     rngs = rngs or [runtime.rng_state()]  # every rank's RNG state (one in a single process)
     return {
         "model": model.state_dict(),
+        **({"ema": ema.state_dict()} if ema is not None else {}),  # nnrecipe.squeeze.runs
         "optimizer": optimizer.state_dict(),
         "schedule": schedule.state_dict(),
         "scaler": scaler.state_dict(),

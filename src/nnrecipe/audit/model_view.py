@@ -50,6 +50,8 @@ def model_view(state: dict, data: DataBundle, pool: Pool, limit: int,
     config = OmegaConf.create(state["config"])
     if "pretrained" in config.model:
         config.model.pretrained = False  # the checkpoint has the weights: download nothing
+    if "init_from" in config.model:
+        config.model.init_from = None  # the same (and the file it names may be gone)
     example, _ = next(iterate_batches(data.train, 2))
     model = build_model(config.model, example, data.num_classes)
     try:

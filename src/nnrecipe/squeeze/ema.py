@@ -3,7 +3,7 @@ buffers, evaluated alongside the raw weights. timm's ModelEmaV3 with its warmup 
 as 1 - (1 + step)^(-2/3) up to trainer.ema.decay), so the average does not drag the random init
 into the first epochs' weights.
 
-The loop (see the integration notes in README, recipe step 4):
+How src/nnrecipe/loop.py and src/train.py use it (README, "EMA of the weights"):
     ema = build_ema(cfg.trainer, model)                  # None when trainer.ema.decay is null
     ... after scaler.step(optimizer) / state.step += 1:  ema.update(model, state.step)
     ... after evaluating `model` on val:                 evaluate(ema.module, ...) -> val/loss_ema

@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # runs fro
 
 from nnrecipe.audit import run_audit  # noqa: E402
 from nnrecipe.config import validate  # noqa: E402
-from nnrecipe.errors import UserError  # noqa: E402
+from nnrecipe.errors import UserError, report_error  # noqa: E402
 
 log = logging.getLogger("nnrecipe")
 
@@ -35,8 +35,7 @@ def main(cfg: DictConfig) -> None:
         validate(cfg, "inspect_data")  # wrong types and ranges: one message, before any work
         run_audit(cfg, Path(hc.runtime.output_dir), name=f"audit-{hc.runtime.choices['data']}")
     except UserError as e:
-        log.error("%s", e)
-        print(f"\nnnrecipe: error: {e}", file=sys.stderr)
+        report_error(e, log)
         sys.exit(1)
 
 

@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from nnrecipe import runtime
 from nnrecipe.config import validate
-from nnrecipe.errors import UserError
+from nnrecipe.errors import UserError, report_error
 from nnrecipe.squeeze import runs, scoring
 from nnrecipe.squeeze.stats import format_interval
 from nnrecipe.tracking import start_tracking
@@ -95,8 +95,7 @@ def main(cfg: DictConfig) -> None:
     try:
         evaluate_run(cfg, Path(HydraConfig.get().runtime.output_dir))
     except UserError as e:
-        log.error("%s", e)
-        print(f"\nnnrecipe: error: {e}", file=sys.stderr)
+        report_error(e, log)
         sys.exit(1)
 
 

@@ -34,7 +34,7 @@ from nnrecipe.checkpoint import (
 from nnrecipe.checks import prediction_dynamics, run_preflight, save_dynamics
 from nnrecipe.config import validate
 from nnrecipe.data import build_data, iterate_batches, num_batches
-from nnrecipe.errors import UserError
+from nnrecipe.errors import UserError, report_error
 from nnrecipe.loop import Diverged, evaluate, fit
 from nnrecipe.models import build_model, init_head_bias
 from nnrecipe.optim import Schedule, build_optimizer
@@ -266,8 +266,7 @@ def main(cfg: DictConfig) -> float | None:
         if multirun:
             raise  # the sweeper records the trial as failed and goes on (every rank raises)
         if distributed.is_main() or not getattr(e, "settled", False):
-            log.error("%s", e)  # rank 0 speaks for all; another rank only for its own error
-            print(f"\nnnrecipe: error: {e}", file=sys.stderr)
+            report_error(e, log)  # rank 0 speaks for all; another rank only for its own error
         distributed.exit_quietly(1)
     except Exception as e:
         if not distributed.launched() or not distributed.lost_a_rank(e):

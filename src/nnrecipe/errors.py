@@ -5,6 +5,14 @@ class UserError(Exception):
     """Bad input (config, data, checkpoint): the message says what is wrong and how to fix it."""
 
 
+def report_error(error: UserError, log) -> None:
+    """An entry point's one error line: into its log file, and on stderr without a traceback."""
+    import sys
+
+    log.error("%s", error)
+    print(f"\nnnrecipe: error: {error}", file=sys.stderr)
+
+
 def instantiate(cfg, what: str, **kwargs):
     """hydra.utils.instantiate that lets a UserError through as it is (Hydra wraps everything
     in InstantiationException) and names the config group when something else goes wrong."""

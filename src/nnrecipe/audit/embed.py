@@ -85,13 +85,6 @@ def principal_components(x: torch.Tensor, dims: int) -> torch.Tensor | None:
     return vectors[:, -dims:].flip(1)
 
 
-def pca(x: torch.Tensor, dims: int) -> torch.Tensor:
-    """Projection of the centred rows of x on their top `dims` principal components."""
-    x = x - x.mean(0)
-    components = principal_components(x, dims)
-    return x if components is None else x @ components
-
-
 def nearest_neighbours(z: torch.Tensor, k: int = 5, block: int | None = None,
                        progress: bool = True, exact_max: int | None = None,
                        probes: int = 8) -> tuple[torch.Tensor, torch.Tensor]:

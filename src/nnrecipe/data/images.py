@@ -15,11 +15,6 @@ def is_image_file(path: Path) -> bool:
     return path.suffix.lower() in IMG_EXTENSIONS
 
 
-def load_image(path: Path, mode: str = "RGB") -> Image.Image:
-    with Image.open(path) as image:
-        return image.convert(mode)
-
-
 def unreadable_reason(path: Path) -> str | None:
     """Why a file cannot be used as an image (None when it decodes). Reads the whole file."""
     try:

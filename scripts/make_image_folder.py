@@ -2,6 +2,8 @@
 
     python scripts/make_image_folder.py /tmp/folder100k --images 100000 --size 32
     python scripts/make_image_folder.py /tmp/jpegs --images 8000 --size 256 --format jpg
+    python scripts/make_image_folder.py /tmp/f20k --images 20000 --shards /tmp/f20k-shards
+    python scripts/make_image_folder.py /tmp/f20k --images 20000 --hf /tmp/f20k-hf
 
 Each class is a smooth random colour pattern; every image is its class pattern, shifted a few
 pixels, plus noise: a small convnet learns it in an epoch, and no two files are identical.
@@ -65,6 +67,43 @@ def make_image_folder(root: Path, images: int, size: int = 32, classes: int = 10
     return root
 
 
+def files_by_number(root: Path) -> list[tuple[Path, str]]:
+    """(file, class name) of a generated folder, in the order they were generated (n): the
+    classes interleaved, as a shuffled dataset's shards hold them."""
+    found = [(p, p.parent.name) for p in Path(root).glob("*/*") if p.is_file()]
+    return sorted(found, key=lambda item: item[0].stem)
+
+
+def to_shards(root: Path, out: Path, per_shard: int = 1000) -> Path:
+    """The folder as webdataset tar shards: <n>.<ext> + <n>.cls (the class name)."""
+    import webdataset as wds
+
+    out.mkdir(parents=True, exist_ok=True)
+    files = files_by_number(root)
+    for shard, start in enumerate(range(0, len(files), per_shard)):
+        with wds.TarWriter(str(out / f"train-{shard:05d}.tar")) as sink:
+            for path, label in files[start:start + per_shard]:
+                sink.write({"__key__": path.stem, path.suffix[1:]: path.read_bytes(),
+                            "cls": label})
+    return out
+
+
+def to_hf(root: Path, out: Path) -> Path:
+    """The folder as a Hugging Face dataset saved with save_to_disk (one train split)."""
+    from datasets import ClassLabel, Dataset, Features, Image
+
+    files = files_by_number(root)
+    names = sorted({label for _, label in files})
+    features = Features({"image": Image(), "label": ClassLabel(names=names)})
+
+    def rows():
+        for path, label in files:
+            yield {"image": {"bytes": path.read_bytes(), "path": None},
+                   "label": names.index(label)}
+    Dataset.from_generator(rows, features=features).save_to_disk(str(out))
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("root", type=Path)
@@ -73,10 +112,16 @@ def main() -> None:
     parser.add_argument("--classes", type=int, default=10)
     parser.add_argument("--format", choices=["png", "jpg"], default="png")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--shards", type=Path, help="also write them as webdataset shards here")
+    parser.add_argument("--hf", type=Path, help="also as a Hugging Face dataset (save_to_disk)")
     args = parser.parse_args()
     make_image_folder(args.root, args.images, args.size, args.classes, args.format, args.seed)
     print(f"wrote {args.images:,} {args.size}x{args.size} {args.format} images in "
           f"{args.classes} classes to {args.root}")
+    if args.shards:
+        print(f"webdataset shards: {to_shards(args.root, args.shards)}")
+    if args.hf:
+        print(f"Hugging Face dataset: {to_hf(args.root, args.hf)}")
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
-"""data=hf and data=webdataset on small local datasets: they train, and split the same way
-every run."""
+"""data=hf and data=webdataset on small local datasets: they train, split the same way every
+run, and read their samples from the library's files (data.cache=index) exactly as from memory."""
 
 import io
 import json
@@ -32,6 +32,36 @@ def hf_dataset_dict():
     ds = Dataset.from_dict({"img": [{"bytes": b, "path": None} for b in data], "y": labels},
                            features=features)
     return DatasetDict(train=ds.select(range(30)), test=ds.select(range(30, 40)))
+
+
+def write_shards(folder, data, labels, per_shard=20, compress=False, broken=(), only=None):
+    """webdataset's TarWriter: <key>.png + <key>.cls; the samples in `broken` get a PNG cut
+    short (it cannot be decoded). `only`: write that shard alone."""
+    import webdataset as wds
+
+    folder.mkdir(parents=True, exist_ok=True)
+    suffix = ".tar.gz" if compress else ".tar"
+    for shard in range(len(data) // per_shard) if only is None else [only]:
+        with wds.TarWriter(str(folder / f"train-{shard:04d}{suffix}"), compress=compress) as sink:
+            for i in range(shard * per_shard, (shard + 1) * per_shard):
+                png = data[i][:40] if i in broken else data[i]
+                sink.write({"__key__": f"{i:06d}", "png": png, "cls": labels[i]})
+    return folder
+
+
+def runs_equal(run_train, tmp_path, caches, *overrides):
+    """A 2-epoch run per data.cache value: the metrics, to the last bit, and the split."""
+    runs = []
+    for cache in caches:
+        run_dir = tmp_path / f"run-{cache}-{len(runs)}"
+        run_train(*overrides, f"data.cache={cache}", "model=linear", "trainer.max_epochs=2",
+                  "data.image_size=8", "data.batch_size=8", "data.num_workers=0",
+                  run_dir=run_dir)
+        runs.append(json.loads((run_dir / "metrics.json").read_text()))
+    for run in runs[1:]:
+        assert run["summary"] == runs[0]["summary"] and run["history"] == runs[0]["history"]
+        assert run["split_hash"] == runs[0]["split_hash"]
+    return runs
 
 
 def train_twice(run_train, tmp_path, *overrides):
@@ -89,14 +119,7 @@ def test_hf_wrong_column_is_named(tmp_path):
 
 
 def test_webdataset_shards_train_and_split_the_same_every_run(run_train, tmp_path):
-    import webdataset as wds
-
-    data, labels = images(60)
-    (tmp_path / "shards").mkdir()
-    for shard in range(3):
-        with wds.TarWriter(str(tmp_path / "shards" / f"train-{shard:04d}.tar")) as sink:
-            for i in range(shard * 20, shard * 20 + 20):
-                sink.write({"__key__": f"{i:06d}", "png": data[i], "cls": labels[i]})
+    write_shards(tmp_path / "shards", *images(60))
     runs = train_twice(run_train, tmp_path, "data=webdataset",
                        f"data.shards='{tmp_path}/shards/train-{{0000..0002}}.tar'")
     from nnrecipe.data.shards import webdataset_shards
@@ -106,3 +129,86 @@ def test_webdataset_shards_train_and_split_the_same_every_run(run_train, tmp_pat
     assert [len(s) for s in a.splits.values()] == [48, 6, 6]
     assert a.test.paths == b.test.paths and a.class_names == ["0", "1"]
     assert runs[0]["history"] != runs[1]["history"]  # the seed changed training, not the split
+
+
+def test_webdataset_read_by_offset_trains_exactly_as_from_memory(run_train, tmp_path):
+    """data.cache=index (workers read each batch from the tar by offset: any size) and
+    data.cache=none give the metrics of the in-memory path, bit for bit."""
+    shards = write_shards(tmp_path / "shards", *images(60))
+    runs_equal(run_train, tmp_path, ("memory", "index", "none"), "data=webdataset",
+               f"data.shards={shards}")
+
+
+def test_hf_rows_read_by_workers_train_exactly_as_from_memory(run_train, tmp_path):
+    hf_dataset_dict().save_to_disk(str(tmp_path / "d"))
+    runs_equal(run_train, tmp_path, ("memory", "index"), "data=hf", f"data.path={tmp_path}/d",
+               "data.image_column=img", "data.label_column=y")
+
+
+def test_shard_index_is_reused_and_redone_only_for_a_changed_shard(tmp_path):
+    from nnrecipe.data.shards import webdataset_shards
+
+    data, labels = images(60)
+    shards = write_shards(tmp_path / "shards", data, labels)
+    cache = tmp_path / "cache"
+
+    def load():
+        bundle = webdataset_shards(str(shards), image_size=8, cache="index",
+                                   cache_dir=str(cache))
+        return bundle, {f.name.split("-")[1]: f.stat().st_mtime_ns
+                        for f in cache.glob("*.shard.pkl")}
+
+    first, written = load()
+    assert sorted(written) == ["0000.tar", "0001.tar", "0002.tar"]
+    second, again = load()
+    assert again == written and second.test.paths == first.test.paths  # nothing indexed
+    labels[25] = 1 - labels[25]  # one label of the second shard changed: that shard again
+    write_shards(tmp_path / "shards", data, labels, only=1)
+    third, after = load()
+    assert [k for k in after if after[k] != written[k]] == ["0001.tar"]
+    found = {k: t for s in third.splits.values() for k, t in zip(s.paths, s.targets)}
+    assert found["train-0001.tar/000025"] == labels[25]
+
+
+def test_broken_sample_is_skipped_once_with_one_warning(tmp_path):
+    from nnrecipe.data.shards import webdataset_shards
+
+    shards = write_shards(tmp_path / "shards", *images(60), broken={7, 33})
+    with pytest.warns(UserWarning, match=r"skipping 2 samples that cannot be used: "
+                                         r"train-0000.tar/000007 \(not a readable image"):
+        bundle = webdataset_shards(str(shards), image_size=8, cache="index",
+                                   cache_dir=str(tmp_path / "c"))
+    assert sum(len(s) for s in bundle.splits.values()) == 58
+    assert not any(p.endswith(("000007", "000033")) for s in bundle.splits.values()
+                   for p in s.paths)
+
+
+def test_compressed_shards_need_the_memory_cache(tmp_path):
+    from nnrecipe.data.shards import webdataset_shards
+
+    shards = write_shards(tmp_path / "shards", *images(40), compress=True)
+    with pytest.raises(UserError, match=r"data.cache=index reads images from .tar shards by "
+                                        r"offset.*train-0000.tar.gz.*data.cache=memory"):
+        webdataset_shards(str(shards), image_size=8, cache="index")
+    bundle = webdataset_shards(str(shards), image_size=8, cache="memory")
+    assert sum(len(s) for s in bundle.splits.values()) == 40 and bundle.in_memory
+
+
+def test_a_sample_in_two_shards_is_a_leak_the_checks_and_the_audit_find(tmp_path):
+    """The shard index's content hashes feed the leakage check (no image read again), and the
+    audit decodes the samples through the same reader."""
+    from nnrecipe.audit.pool import build_pool
+    from nnrecipe.checks.data import check_leakage, split_hashes
+    from nnrecipe.data.shards import webdataset_shards
+
+    data, labels = images(60)
+    for i in range(0, 60, 2):  # every even sample twice (another key, another shard)
+        data[i + 1 if i + 1 < 60 else i], labels[i + 1] = data[i], labels[i]
+    shards = write_shards(tmp_path / "shards", data, labels)
+    bundle = webdataset_shards(str(shards), image_size=8, cache="index",
+                               cache_dir=str(tmp_path / "c"))
+    assert split_hashes(bundle.splits)[1] == "the index's hashes"
+    result = check_leakage(bundle.splits)
+    assert result.status == "FAIL" and "test" in result.measured, result
+    pool = build_pool(bundle, thumb_size=8, progress=False)
+    assert len(pool.hashes) == 60 and len(set(pool.hashes)) == 30

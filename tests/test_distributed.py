@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -166,7 +167,9 @@ def test_sigterm_mid_epoch_writes_last_pt_exits_75_and_resume_auto_finishes_the_
     assert a["fit_state"]["history"] == b["fit_state"]["history"]
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
     runs = sorted(run_dir.glob("wandb/offline-run-*"))  # two starts of one W&B run
-    assert len(runs) == 2 and len({r.name.rsplit("-", 1)[1] for r in runs}) == 1
+    # offline-run-<date>_<time>-<id>, and -1 after it when both started in the same second
+    ids = {re.match(r"offline-run-\d{8}_\d{6}-([a-z0-9]+)", r.name).group(1) for r in runs}
+    assert len(runs) == 2 and len(ids) == 1, [r.name for r in runs]
 
 
 def test_submitit_local_with_two_tasks_is_one_two_rank_run(tmp_path):

@@ -8,6 +8,7 @@ instead of silently missing, and every readable one is hashed on its decoded pix
 from __future__ import annotations
 
 import hashlib
+import itertools
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -122,14 +123,27 @@ def _file_pool(data: DataBundle, thumb_size: int, progress: bool) -> Pool:
     bar = tqdm(total=len(items), desc="audit: reading images", unit="img",
                disable=None if progress else True, leave=False)
     train = [name == "train" for name, *_ in items]
-    for start, chunk in _decode_all([str(root / rel) for _, _, rel, _ in items], train, mode,
-                                    data.image_size, t):
+    files = data.train.reader is None
+
+    def sources(start: int, stop: int) -> list:
+        """Paths of files (read by the decoding processes), or a library's bytes (read here)."""
+        if files:
+            return [str(root / rel) for _, _, rel, _ in items[start:stop]]
+        out = []
+        for name, group in itertools.groupby(items[start:stop], key=lambda item: item[0]):
+            out += data.splits[name].read([i for _, i, _, _ in group])
+        return out
+
+    for start, chunk in _decode_all(len(items), sources, train, mode, data.image_size, t):
         for k, image in enumerate(chunk["images"]):
             j = start + k
             name, i, rel, target = items[j]
             if "error" in image:  # changed on disk since build_data scanned it: report it
-                unreadable.append(_unreadable(root, root / rel, name, i,
-                                              data.class_names[target], image["error"]))
+                label = data.class_names[target]
+                unreadable.append(
+                    _unreadable(root, root / rel, name, i, label, image["error"]) if files
+                    else {"split": name, "index": i, "path": rel, "label": label,
+                          "reason": f"not a readable image ({image['error']})"})
                 continue
             thumbs[len(kept)] = image["thumb"]
             kept.append(j)
@@ -140,8 +154,8 @@ def _file_pool(data: DataBundle, thumb_size: int, progress: bool) -> Pool:
         sums += chunk["sums"]
         bar.update(len(chunk["images"]))
     bar.close()
-    seen = {rel for _, _, rel, _ in items}
-    unreadable += _skipped_files(root, data, seen)
+    if files:  # a library's skipped samples: named by build_data's warning
+        unreadable += _skipped_files(root, data, {rel for _, _, rel, _ in items})
     count = max(sums[0, 0], 1)
     mean = sums[1] / count
     std = np.sqrt(np.maximum(sums[2] / count - mean**2, 0))
@@ -167,33 +181,45 @@ def _file_pool(data: DataBundle, thumb_size: int, progress: bool) -> Pool:
 CHUNK = 512  # files per task of the decoding processes
 
 
-def _decode_all(paths: list[str], train: list[bool], mode: str, size: int, thumb: int):
-    """Yield (start, decoded chunk) in order: on all cores in processes (PIL decodes under the
-    GIL: threads would take turns), in this process for small folders."""
+def _decode_all(n: int, sources, train: list[bool], mode: str, size: int, thumb: int):
+    """Yield (start, decoded chunk) in order, for items [0, n) whose paths or bytes
+    `sources(start, stop)` gives: on all cores in processes (PIL decodes under the GIL:
+    threads would take turns), in this process for small sets. At most two chunks per
+    process are in flight: a library's bytes are read here only as they are needed."""
     from nnrecipe import runtime
 
-    jobs = [(paths[s:s + CHUNK], train[s:s + CHUNK], mode, size, thumb)
-            for s in range(0, len(paths), CHUNK)]
-    workers = min(runtime.cores(), len(jobs))
+    def job(start):
+        return (sources(start, min(start + CHUNK, n)), train[start:start + CHUNK], mode, size,
+                thumb)
+
+    starts = range(0, n, CHUNK)
+    workers = min(runtime.cores(), len(starts))
     if workers < 2:
-        for k, job in enumerate(jobs):
-            yield k * CHUNK, _decode_chunk(job)
+        for start in starts:
+            yield start, _decode_chunk(job(start))
         return
     import multiprocessing as mp
+    from collections import deque
     from concurrent.futures import ProcessPoolExecutor
 
     context = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
     with ProcessPoolExecutor(workers, mp_context=context) as pool:
-        for k, chunk in enumerate(pool.map(_decode_chunk, jobs)):
-            yield k * CHUNK, chunk
+        pending = deque()
+        for start in starts:
+            pending.append((start, pool.submit(_decode_chunk, job(start))))
+            if len(pending) >= 2 * workers:
+                first, future = pending.popleft()
+                yield first, future.result()
+        for first, future in pending:
+            yield first, future.result()
 
 
 def _decode_chunk(job) -> dict:
-    paths, train, mode, size, thumb = job
+    sources, train, mode, size, thumb = job
     images, sums = [], 0.0  # + [3, C] arrays of the train images
-    for path, is_train in zip(paths, train, strict=True):
+    for source, is_train in zip(sources, train, strict=True):
         try:
-            image = _decode(Path(path), mode, size, thumb, stats=is_train)
+            image = _decode(source, mode, size, thumb, stats=is_train)
         except Exception as e:  # changed on disk since build_data scanned it: report it
             images.append({"error": f"{type(e).__name__}: {e}"})  # text: crosses processes
             continue
@@ -203,13 +229,16 @@ def _decode_chunk(job) -> dict:
     return {"images": images, "sums": sums}
 
 
-def _decode(path: Path, mode: str, size: int, thumb: int, stats: bool = True) -> dict:
-    """One file as the audit needs it; raises when the file cannot be decoded. `stats`: the
-    pixel sums of training's view (the train split's mean/std). The pixels become an array
-    once: each PIL -> numpy conversion cost as much as the decoding of a 32x32 PNG."""
+def _decode(source: str | bytes, mode: str, size: int, thumb: int, stats: bool = True) -> dict:
+    """One image (a file's path, or encoded bytes) as the audit needs it; raises when it cannot
+    be decoded. `stats`: the pixel sums of training's view (the train split's mean/std). The
+    pixels become an array once: each PIL -> numpy conversion cost as much as the decoding of
+    a 32x32 PNG."""
+    from io import BytesIO
+
     from PIL import Image
 
-    with Image.open(path) as im:
+    with Image.open(BytesIO(source) if isinstance(source, bytes) else source) as im:
         im.load()
         stored_size, stored_mode = im.size, im.mode
         pixels = np.asarray(im if im.mode == mode else im.convert(mode))  # as training reads

@@ -164,7 +164,7 @@ def _fmt(values: list[float]) -> str:
 
 
 def content_hashes(split) -> list:
-    """One hash per sample of its exact content: tensor bytes in memory, file bytes on disk
+    """One hash per sample of its exact content: tensor bytes in memory, encoded bytes otherwise
     (read on all cores: at 100k files one thread spent most of the preflight here)."""
     if hasattr(split, "x"):
         rows = split.x.detach().cpu().contiguous().flatten(1).numpy()
@@ -173,11 +173,12 @@ def content_hashes(split) -> list:
 
     from nnrecipe import runtime
 
-    def digest(p) -> bytes:
-        return hashlib.blake2b((split.root / p).read_bytes(), digest_size=16).digest()
+    def digests(start: int) -> list[bytes]:
+        chunk = split.read(range(start, min(start + 256, len(split))))
+        return [hashlib.blake2b(data, digest_size=16).digest() for data in chunk]
 
     with ThreadPoolExecutor(max(1, runtime.cores())) as pool:  # reads and blake2b free the GIL
-        return list(pool.map(digest, split.paths, chunksize=256))
+        return [h for part in pool.map(digests, range(0, len(split), 256)) for h in part]
 
 
 def split_hashes(splits: dict) -> tuple[dict, str]:

@@ -33,7 +33,7 @@ def build_data(cfg: DictConfig, seed: int, device: torch.device | str = "cpu") -
     split_seed = cfg.get("split_seed", 0)
     bundle: DataBundle = instantiate(_source_config(cfg), "data", seed=split_seed)
     bundle.batch_size = cfg.batch_size
-    bundle.num_workers = min(bundle.num_workers or 0, runtime.cores())
+    bundle.num_workers = _workers(bundle.num_workers)
     if bundle.targets == "classes":  # regression values / multi-label rows: the task checks
         _check_labels(bundle, cfg.get("num_classes"))
     _check_shape(bundle, cfg)
@@ -53,6 +53,16 @@ def build_data(cfg: DictConfig, seed: int, device: torch.device | str = "cpu") -
         cfg.mean = [round(m, 4) for m in bundle.mean]
         cfg.std = [round(s, 4) for s in bundle.std]
     return bundle
+
+
+def _workers(configured: int | None) -> int:
+    """data.num_workers, at most the cores; null: this process's share of the cores (the local
+    ranks of a multi-GPU job split them), so that decoding keeps up on a GPU box."""
+    if configured is not None:
+        return min(configured, runtime.cores())
+    from nnrecipe import distributed
+
+    return max(1, runtime.cores() // distributed.local_world())
 
 
 def _normalized(bundle: DataBundle, split: TensorSplit) -> torch.Tensor:

@@ -24,7 +24,7 @@ def image_folder(
     test_fraction: float = 0.15,
     image_size: int = 64,
     in_chans: int = 3,
-    num_workers: int = 2,
+    num_workers: int | None = None,
     cache: str = "index",
     cache_dir: str | None = None,
 ):

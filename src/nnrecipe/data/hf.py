@@ -3,14 +3,16 @@
 data.path is a hub name (`uoft-cs/cifar10`: downloaded once, then datasets' cache) or a local
 folder: a save_to_disk() output, parquet files (train-*.parquet, test-*.parquet...) or an image
 folder. The dataset's own train/validation/test splits are used; those it lacks are carved
-from train. `datasets` is imported only here: 3 s that other runs do not pay.
+from train. datasets keeps them as memory-mapped Arrow files, so with data.cache=index the
+workers read each batch's rows from those (any size); data.cache=memory decodes them once.
+`datasets` is imported only here: 3 s that other runs do not pay.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from nnrecipe.data.encoded import Part, memory_bundle
+from nnrecipe.data.encoded import Part, library_bundle
 from nnrecipe.errors import UserError
 
 SPLIT_NAMES = {"train": ("train",), "val": ("validation", "valid", "val", "dev"),
@@ -27,21 +29,24 @@ def hf_dataset(
     test_fraction: float = 0.1,
     image_size: int = 32,
     in_chans: int = 3,
+    cache: str = "memory",
+    num_workers: int | None = None,
 ):
     if path in (None, "", "???"):
         raise UserError("data=hf needs data.path=<hub name or local folder>")
     dataset = _load(path, name)
-    parts, class_names = {}, None
+    parts, tables, class_names = {}, {}, None
     for ours, theirs in SPLIT_NAMES.items():
         found = next((dataset[s] for s in theirs if s in dataset), None)
         if found is not None:
-            part, class_names = _part(found, ours, image_column, label_column, class_names)
-            parts[ours] = part
+            parts[ours], tables[ours], class_names = _part(found, ours, image_column,
+                                                           label_column, class_names)
     if "train" not in parts:
         raise UserError(f"data.path={path} has no 'train' split (it has {', '.join(dataset)}): "
                         f"nnrecipe trains on 'train' and carves the splits it lacks from it")
-    return memory_bundle(parts, class_names, in_chans, image_size, seed,
-                         {"val": val_fraction, "test": test_fraction})
+    return library_bundle(parts, Rows(tables, image_column), Path(path), class_names, in_chans,
+                          image_size, seed, {"val": val_fraction, "test": test_fraction}, cache,
+                          num_workers)
 
 
 def _load(path: str, name: str | None):
@@ -72,8 +77,8 @@ def _load(path: str, name: str | None):
 
 
 def _part(ds, split: str, image_column: str, label_column: str, class_names):
-    """The split's keys, labels and a fetch of encoded bytes (decoded by nnrecipe, not PIL via
-    datasets, so that pixels agree with an image folder of the same files)."""
+    """The split's keys and labels, and its image column as encoded bytes (decoded by nnrecipe,
+    not PIL via datasets, so that pixels agree with an image folder of the same files)."""
     from datasets import ClassLabel, Image
 
     for key, column in (("image_column", image_column), ("label_column", label_column)):
@@ -94,10 +99,25 @@ def _part(ds, split: str, image_column: str, label_column: str, class_names):
         raise UserError(f"data.image_column={image_column} holds {ds.features[image_column]}, "
                         f"not images")
     encoded = ds.cast_column(image_column, Image(decode=False)).select_columns([image_column])
+    return (Part([f"{split}/{i}" for i in range(len(ds))], list(labels)), encoded,
+            class_names)
 
-    def fetch(indices: list[int]) -> list[bytes]:
-        rows = encoded[indices][image_column]
-        return [r["bytes"] if r["bytes"] is not None else Path(r["path"]).read_bytes()
-                for r in rows]
 
-    return Part([f"{split}/{i}" for i in range(len(ds))], list(labels), fetch), class_names
+class Rows:
+    """Keys `<split>/<row>` -> the encoded image bytes of those rows of the Arrow tables (one
+    read per split and batch; an image stored as a path is read from its file)."""
+
+    def __init__(self, tables: dict, column: str):
+        self.tables, self.column = tables, column
+
+    def __call__(self, keys: list[str]) -> list[bytes]:
+        out: list[bytes | None] = [None] * len(keys)
+        wanted: dict[str, list[tuple[int, int]]] = {}
+        for k, key in enumerate(keys):
+            split, row = key.split("/")
+            wanted.setdefault(split, []).append((k, int(row)))
+        for split, items in wanted.items():
+            rows = self.tables[split][[row for _, row in items]][self.column]
+            for (k, _), r in zip(items, rows, strict=True):
+                out[k] = r["bytes"] if r["bytes"] is not None else Path(r["path"]).read_bytes()
+        return out

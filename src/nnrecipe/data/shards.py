@@ -2,15 +2,44 @@
 
 data.shards is a folder of .tar files, one .tar, or a brace pattern (`/d/train-{0000..0099}.tar`).
 The shards are read in name order, so the samples, and the splits carved from them by
-data.split_seed, are the same every run. `webdataset` is imported only here.
+data.split_seed, are the same every run.
+
+Each shard is indexed once, over all cores, and the index cached in data.cache_dir (keyed by
+the shard's path, size and mtime: a changed shard is indexed again, the others reused): per
+sample its key, label, the image member's offset and size in the tar, a content hash, and
+whether it decodes. Training then reads a batch's images by offset (os.pread), in DataLoader
+workers, like files of a folder: shards of any total size, shuffled per sample, split exactly
+over ranks. Why not webdataset's own reader: it streams a shard from start to end, so the
+order is shuffled only within a buffer and the ranks' shares must be made equal by repeating
+samples; random access to an uncompressed tar is a seek (the index is ~40 lines of tarfile).
+Compressed shards (.tar.gz) have no offsets: data.cache=memory decodes them via webdataset.
 """
 
 from __future__ import annotations
 
+import hashlib
+import os
+import re
+import tarfile
 from pathlib import Path
+from typing import NamedTuple
 
-from nnrecipe.data.encoded import Part, memory_bundle
+from nnrecipe.data.encoded import Part, library_bundle
+from nnrecipe.data.index import cache_dir as default_cache_dir
+from nnrecipe.data.index import cache_path, load_pickle, save_pickle
+from nnrecipe.data.splits import warn_skipped
 from nnrecipe.errors import UserError
+
+VERSION = 1  # bump when Sample changes: an old shard index is then rebuilt, never misread
+
+
+class Sample(NamedTuple):
+    key: str            # the sample's key in its shard (<shard tag>/<key> once loaded)
+    label: str          # the label member's text
+    offset: int         # where the image member's bytes start in the shard
+    size: int           # and how many
+    hash: bytes         # blake2b-128 of those bytes (the leakage check's content hash)
+    error: str | None   # why the sample cannot be used; None: it decodes
 
 
 def webdataset_shards(
@@ -24,22 +53,59 @@ def webdataset_shards(
     test_fraction: float = 0.1,
     image_size: int = 32,
     in_chans: int = 3,
+    cache: str = "memory",
+    cache_dir: str | None = None,
+    num_workers: int | None = None,
 ):
     if shards in (None, "", "???"):
         raise UserError("data=webdataset needs data.shards=<folder of .tar, a .tar, or a "
                         "brace pattern such as /data/train-{0000..0099}.tar>")
     given = {"train": ("shards", shards), "val": ("val_shards", val_shards),
              "test": ("test_shards", test_shards)}
-    read = {name: _read(key, pattern, image_key.split(";"), label_key)
-            for name, (key, pattern) in given.items() if pattern}
-    class_names = _class_names([v for _, _, labels in read.values() for v in labels])
+    directory = None if cache == "none" else default_cache_dir(cache_dir)
+    found = {name: urls(key, pattern) for name, (key, pattern) in given.items() if pattern}
+    exts = [e.strip().lower() for e in image_key.split(";")]
+    files = [f for fs in found.values() for f in fs]
+    tag = _shard_tags(files)
+    compressed = [f for f in files if not f.endswith(".tar")]
+    if compressed and cache != "memory":
+        raise UserError(f"data.cache={cache} reads images from .tar shards by offset, which "
+                        f"compressed shards such as {compressed[0]} do not have: use "
+                        f"data.cache=memory (decoded once into memory) or uncompressed shards")
+    if compressed:
+        samples = {name: _stream(given[name][0], fs, exts, label_key)
+                   for name, fs in found.items()}
+    else:
+        index = index_shards(files, exts, label_key, directory)
+        samples = {name: [s._replace(key=f"{tag[f]}/{s.key}") for f in fs for s in index[f]]
+                   for name, fs in found.items()}
+    bad = [s for ss in samples.values() for s in ss if s.error]
+    warn_skipped([f"{s.key} ({s.error})" for s in bad], "samples that cannot be used")
+    samples = {name: [s for s in ss if not s.error] for name, ss in samples.items()}
+    if not samples["train"]:
+        raise UserError(f"data.shards={shards}: no usable sample in its shards")
+    class_names = _class_names([s.label for ss in samples.values() for s in ss])
     position = {c: i for i, c in enumerate(class_names)}
-    parts = {}
-    for name, (keys, images, labels) in read.items():
-        parts[name] = Part(keys, [position[v] for v in labels],
-                           lambda idx, images=images: [images[i] for i in idx])
-    return memory_bundle(parts, class_names, in_chans, image_size, seed,
-                         {"val": val_fraction, "test": test_fraction})
+    parts = {name: Part([s.key for s in ss], [position[s.label] for s in ss],
+                        [s.hash for s in ss]) for name, ss in samples.items()}
+    if compressed:
+        reader = Memory({s.key: s.data for ss in samples.values() for s in ss})
+    else:
+        reader = TarMembers({tag[f]: f for f in files},
+                            {s.key: (s.offset, s.size) for ss in samples.values() for s in ss})
+    return library_bundle(parts, reader, Path(files[0]).parent, class_names, in_chans,
+                          image_size, seed, {"val": val_fraction, "test": test_fraction}, cache,
+                          num_workers)
+
+
+def _shard_tags(files: list[str]) -> dict[str, str]:
+    """The name that stands for each shard in sample keys: its file name, or its path under
+    the shards' common folder where names repeat (train/0000.tar and val/0000.tar)."""
+    names = [Path(f).name for f in files]
+    if len(set(names)) == len(names):
+        return dict(zip(files, names, strict=True))
+    common = os.path.commonpath(files)
+    return {f: Path(f).relative_to(common).as_posix() for f in files}
 
 
 def urls(key: str, pattern: str) -> list[str]:
@@ -48,37 +114,163 @@ def urls(key: str, pattern: str) -> list[str]:
 
     path = Path(pattern).expanduser()
     if path.is_dir():
-        found = sorted(str(p) for p in path.glob("*.tar"))
+        found = sorted(str(p) for p in path.iterdir() if re.search(r"\.(tar|tgz|tar\.gz)$",
+                                                                   p.name))
     else:
         found = [p for p in braceexpand.braceexpand(str(path)) if Path(p).is_file()]
     if not found:
         raise UserError(f"data.{key}={pattern}: no .tar shards found there")
-    return found
+    return [str(Path(f).resolve()) for f in found]
 
 
-def _read(key: str, pattern: str, image_keys: list[str], label_key: str):
-    """(sample keys, encoded image bytes, label texts) of every sample in the shards."""
+class TarMembers:
+    """Keys -> the bytes of their image members, read by offset from the shards (os.pread:
+    no shared file position, so threads and forked workers use the same descriptors)."""
+
+    def __init__(self, shards: dict[str, str], where: dict[str, tuple[int, int]]):
+        self.shards = shards  # the tag in a key -> the shard's path
+        self.where, self.fds = where, {}
+
+    def __call__(self, keys: list[str]) -> list[bytes]:
+        return [os.pread(self._fd(key.rsplit("/", 1)[0]), self.where[key][1],
+                         self.where[key][0]) for key in keys]
+
+    def _fd(self, shard: str) -> int:
+        if shard not in self.fds:
+            self.fds[shard] = os.open(self.shards[shard], os.O_RDONLY)
+        return self.fds[shard]
+
+    def __getstate__(self):  # descriptors do not travel to spawned processes: reopened there
+        return {**self.__dict__, "fds": {}}
+
+
+class Memory:
+    """Keys -> bytes held in memory (compressed shards, decoded once with data.cache=memory)."""
+
+    def __init__(self, data: dict[str, bytes]):
+        self.data = data
+
+    def __call__(self, keys: list[str]) -> list[bytes]:
+        return [self.data[k] for k in keys]
+
+
+def index_shards(files: list[str], exts: list[str], label_key: str,
+                 directory: Path | None) -> dict[str, list[Sample]]:
+    """{shard: its samples}: from the cache where the shard's size and mtime match, indexed
+    afresh (one process per shard, all cores, a progress bar) otherwise."""
+    from tqdm.auto import tqdm
+
+    cached, todo = {}, []
+    for f in files:
+        st = os.stat(f)
+        stamp = (st.st_size, st.st_mtime_ns, exts, label_key)
+        saved = load_pickle(_cache_file(f, directory))
+        if saved and saved.get("version") == VERSION and saved["stamp"] == stamp:
+            cached[f] = [Sample(*s) for s in saved["samples"]]
+        else:
+            todo.append((f, stamp))
+    bar = tqdm(total=len(todo), desc="indexing shards", unit="shard", disable=None,
+               leave=False)
+    workers = min(len(todo), len(os.sched_getaffinity(0)))
+    for (f, stamp), samples in zip(todo, _map(workers, [(f, exts, label_key) for f, _ in todo]),
+                                   strict=True):
+        cached[f] = samples
+        if directory is not None:
+            save_pickle(_cache_file(f, directory), {"version": VERSION, "stamp": stamp,
+                                                    "samples": [tuple(s) for s in samples]})
+        bar.update()
+    bar.close()
+    return cached
+
+
+def _map(workers: int, jobs: list):
+    if workers < 2:
+        yield from map(_index_shard, jobs)
+        return
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    context = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else None
+    with ProcessPoolExecutor(workers, mp_context=context) as pool:
+        yield from pool.map(_index_shard, jobs)
+
+
+def _cache_file(shard: str, directory: Path | None) -> Path | None:
+    return cache_path(Path(shard), directory, "shard") if directory is not None else None
+
+
+def _index_shard(job) -> list[Sample]:
+    """One shard's samples, in the tar's order: webdataset's grouping (a sample is the run of
+    members whose names agree up to the first dot of the file name; lower-case extensions)."""
+    from nnrecipe.data.index import decode_check
+
+    path, exts, label_key = job
+    members: dict[str, dict[str, tarfile.TarInfo]] = {}
+    try:
+        with tarfile.open(path, "r:") as tar:
+            for m in tar:
+                if m.isfile():
+                    key, ext = _split(m.name)
+                    members.setdefault(key, {})[ext] = m
+    except (tarfile.TarError, OSError) as e:
+        raise UserError(f"{path} is not a readable tar file ({type(e).__name__}: {e})") from e
+    samples = []
+    with open(path, "rb") as f:
+        for key, found in members.items():
+            image = next((found[e] for e in exts if e in found), None)
+            if image is None or label_key not in found:
+                raise UserError(_missing(path, key, image is None, exts, label_key, found))
+            label = _read(f, found[label_key]).decode().strip()
+            data = _read(f, image)
+            error = decode_check(data, "." + image.name.rsplit(".", 1)[-1].lower())[0]
+            samples.append(Sample(key, label, image.offset_data, image.size,
+                                  hashlib.blake2b(data, digest_size=16).digest(), error))
+    return samples
+
+
+def _split(member: str) -> tuple[str, str]:
+    folder, _, file = member.rpartition("/")
+    stem, _, ext = file.partition(".")
+    return (f"{folder}/{stem}" if folder else stem), ext.lower()
+
+
+def _read(f, member: tarfile.TarInfo) -> bytes:
+    f.seek(member.offset_data)
+    return f.read(member.size)
+
+
+def _missing(path, key, no_image: bool, exts, label_key, found) -> str:
+    what = "an image (" + ", ".join(exts) + ")" if no_image else label_key
+    return (f"sample {key} in {path} has no {what}: set data.image_key / data.label_key to the "
+            f"extensions its files use (it has {', '.join(found)})")
+
+
+class _Streamed(NamedTuple):
+    key: str
+    label: str
+    data: bytes
+    hash: bytes
+    error: str | None = None
+
+
+def _stream(key: str, files: list[str], exts: list[str], label_key: str) -> list[_Streamed]:
+    """Every sample of the shards, read start to end by webdataset (compressed ones too)."""
     import webdataset as wds
     from tqdm.auto import tqdm
 
-    keys, images, labels = [], [], []
-    stream = wds.WebDataset(urls(key, pattern), shardshuffle=False, empty_check=False)
+    out = []
+    stream = wds.WebDataset(files, shardshuffle=False, empty_check=False)
     for sample in tqdm(stream, desc=f"reading data.{key}", unit="img", disable=None,
                        leave=False):
-        image = next((sample[k] for k in image_keys if k in sample), None)
+        found = [k for k in sample if not k.startswith("__")]
+        image = next((sample[k] for k in exts if k in sample), None)
         if image is None or label_key not in sample:
-            missing = "an image (" + ", ".join(image_keys) + ")" if image is None else label_key
-            raise UserError(f"data.{key}: sample {sample['__key__']} in {sample['__url__']} "
-                            f"has no {missing}: set data.image_key / data.label_key to the "
-                            f"extensions its files use (it has {', '.join(_exts(sample))})")
-        keys.append(f"{Path(sample['__url__']).name}/{sample['__key__']}")
-        images.append(image)
-        labels.append(sample[label_key].decode().strip())
-    return keys, images, labels
-
-
-def _exts(sample: dict) -> list[str]:
-    return [k for k in sample if not k.startswith("__")]
+            raise UserError(f"data.{key}: " + _missing(sample["__url__"], sample["__key__"],
+                                                       image is None, exts, label_key, found))
+        out.append(_Streamed(f"{Path(sample['__url__']).name}/{sample['__key__']}",
+                             sample[label_key].decode().strip(), image,
+                             hashlib.blake2b(image, digest_size=16).digest()))
+    return out
 
 
 def _class_names(labels: list[str]) -> list[str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,13 +31,17 @@ class TensorSplit:
 
 @dataclass
 class FileSplit:
-    """A split of image files under `root`, decoded and resized by DataLoader workers into uint8
-    batches; `finish` makes them float and normalised on the device (4x less to copy there)."""
+    """A split of encoded images (files under `root`, or samples a `reader` returns), decoded
+    and resized by DataLoader workers into uint8 batches; `finish` makes them float and
+    normalised on the device (4x less to copy there)."""
 
     root: Path
     paths: list[str]           # relative to root, posix (str: 100k Path objects cost seconds)
     targets: list[int]
     hashes: list[bytes] | None = None  # content hash per file, from the index (leakage check)
+    # where the bytes of `paths` come from when they are not files under root: members of tar
+    # shards (data=webdataset), rows of a Hugging Face table (data=hf). keys -> encoded bytes
+    reader: Callable[[list[str]], list[bytes]] | None = None
     in_chans: int = 3          # the rest: set by build_data
     image_size: int | None = None
     mean: list[float] | None = None
@@ -44,6 +49,13 @@ class FileSplit:
 
     def __len__(self) -> int:
         return len(self.targets)
+
+    def read(self, indices) -> list[bytes]:
+        """The encoded bytes of the samples at `indices`."""
+        keys = [self.paths[i] for i in indices]
+        if self.reader is not None:
+            return self.reader(keys)
+        return [(self.root / k).read_bytes() for k in keys]
 
     @property
     def labels(self) -> torch.Tensor:
@@ -80,8 +92,8 @@ class ImageFiles(Dataset):
         from nnrecipe.data.images import decode_resized
 
         s = self.split
-        images = [decode_resized((s.root / s.paths[i]).read_bytes(), s.in_chans, s.image_size,
-                                 self.fast) for i in indices]
+        images = [decode_resized(data, s.in_chans, s.image_size, self.fast)
+                  for data in s.read(indices)]
         return torch.stack(images), torch.tensor([s.targets[i] for i in indices])
 
 

@@ -231,13 +231,17 @@ def report(args) -> None:
         first = timed_start(args, Path(cache))
         second = timed_start(args, Path(cache))
         none = timed_start(args, Path(cache), cache="none")
+        built, reused, kept = {
+            "folder": ("index built", "index reused", "pixels from disk"),
+            "webdataset": ("shards indexed", "index reused", "decoded again"),
+            "hf": ("Arrow files read", "the same", "decoded again")}[args.source]
         print(f"start (build_data, imports {first['imports_s']:.1f} s apart): first "
-              f"{first['build_s']:.1f} s (index built), second {second['build_s']:.2f} s "
-              f"(index reused); data.cache=none {none['build_s']:.1f} s")
+              f"{first['build_s']:.1f} s ({built}), second {second['build_s']:.2f} s "
+              f"({reused}); data.cache=none {none['build_s']:.1f} s")
         if args.memory:
             decoded, again = (timed_start(args, Path(cache), cache="memory") for _ in range(2))
             print(f"data.cache=memory start: first {decoded['build_s']:.1f} s (decoded into "
-                  f"memory, index reused), second {again['build_s']:.1f} s (pixels from disk)")
+                  f"memory), second {again['build_s']:.1f} s ({kept})")
         data = build_data(folder_cfg(args.root, args.image_size, args.workers, "index",
                                      Path(cache), args.source), 0, args.device)
     batches, scan = torchvision_batches(args, data, args.device)

@@ -15,10 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from nnrecipe.data.index import check_cache
 from nnrecipe.data.splits import DataBundle, FileSplit
-from nnrecipe.errors import UserError
-
-CACHES = ("index", "memory", "none")
 
 
 @dataclass
@@ -38,8 +36,7 @@ def library_bundle(parts: dict[str, Part], reader: Callable[[list[str]], list[by
     memory with cache=memory."""
     from nnrecipe.data.sources import stratified_split
 
-    if cache not in CACHES:
-        raise UserError(f"data.cache={cache} must be one of {', '.join(CACHES)}")
+    check_cache(cache)
     train = parts["train"]
     missing = [n for n in ("val", "test") if n not in parts]
     train_idx, *carved = stratified_split(train.labels, [fractions[n] for n in missing], seed)

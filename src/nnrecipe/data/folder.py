@@ -10,11 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from nnrecipe.data.index import cache_dir as default_cache_dir
-from nnrecipe.data.index import load_index
+from nnrecipe.data.index import check_cache, load_index
 from nnrecipe.data.splits import DataBundle, FileSplit, warn_skipped
 from nnrecipe.errors import UserError
-
-CACHES = ("index", "memory", "none")
 
 
 def image_folder(
@@ -30,8 +28,7 @@ def image_folder(
 ):
     """Images in class subfolders, split by `seed` (data.split_seed) where not pre-split."""
     root = _check_root(root)
-    if cache not in CACHES:
-        raise UserError(f"data.cache={cache} must be one of {', '.join(CACHES)}")
+    check_cache(cache)
     presplit = (root / "train").is_dir()
     train_dir = root / "train" if presplit else root
     class_names = sorted(p.name for p in train_dir.iterdir() if p.is_dir())

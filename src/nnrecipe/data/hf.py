@@ -13,6 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from nnrecipe.data.encoded import Part, library_bundle
+from nnrecipe.data.index import check_cache
 from nnrecipe.errors import UserError
 
 SPLIT_NAMES = {"train": ("train",), "val": ("validation", "valid", "val", "dev"),
@@ -34,6 +35,7 @@ def hf_dataset(
 ):
     if path in (None, "", "???"):
         raise UserError("data=hf needs data.path=<hub name or local folder>")
+    check_cache(cache)
     dataset = _load(path, name)
     parts, tables, class_names = {}, {}, None
     for ours, theirs in SPLIT_NAMES.items():

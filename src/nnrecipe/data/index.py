@@ -41,6 +41,16 @@ class Index:
     cache_file: Path | None
 
 
+CACHES = ("index", "memory", "none")  # data.cache: how images are kept between starts
+
+
+def check_cache(cache: str) -> None:
+    from nnrecipe.errors import UserError
+
+    if cache not in CACHES:
+        raise UserError(f"data.cache={cache} must be one of {', '.join(CACHES)}")
+
+
 def cache_dir(configured: str | None = None) -> Path:
     """data.cache_dir, else $NNRECIPE_CACHE_DIR, else ~/.cache/nnrecipe."""
     chosen = configured or os.environ.get("NNRECIPE_CACHE_DIR") or "~/.cache/nnrecipe"

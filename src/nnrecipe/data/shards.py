@@ -26,7 +26,7 @@ from typing import NamedTuple
 
 from nnrecipe.data.encoded import Part, library_bundle
 from nnrecipe.data.index import cache_dir as default_cache_dir
-from nnrecipe.data.index import cache_path, load_pickle, save_pickle
+from nnrecipe.data.index import cache_path, check_cache, load_pickle, save_pickle
 from nnrecipe.data.splits import warn_skipped
 from nnrecipe.errors import UserError
 
@@ -60,25 +60,12 @@ def webdataset_shards(
     if shards in (None, "", "???"):
         raise UserError("data=webdataset needs data.shards=<folder of .tar, a .tar, or a "
                         "brace pattern such as /data/train-{0000..0099}.tar>")
+    check_cache(cache)
     given = {"train": ("shards", shards), "val": ("val_shards", val_shards),
              "test": ("test_shards", test_shards)}
-    directory = None if cache == "none" else default_cache_dir(cache_dir)
     found = {name: urls(key, pattern) for name, (key, pattern) in given.items() if pattern}
     exts = [e.strip().lower() for e in image_key.split(";")]
-    files = [f for fs in found.values() for f in fs]
-    tag = _shard_tags(files)
-    compressed = [f for f in files if not f.endswith(".tar")]
-    if compressed and cache != "memory":
-        raise UserError(f"data.cache={cache} reads images from .tar shards by offset, which "
-                        f"compressed shards such as {compressed[0]} do not have: use "
-                        f"data.cache=memory (decoded once into memory) or uncompressed shards")
-    if compressed:
-        samples = {name: _stream(given[name][0], fs, exts, label_key)
-                   for name, fs in found.items()}
-    else:
-        index = index_shards(files, exts, label_key, directory)
-        samples = {name: [s._replace(key=f"{tag[f]}/{s.key}") for f in fs for s in index[f]]
-                   for name, fs in found.items()}
+    samples, reader = _samples(found, exts, label_key, cache, cache_dir)
     bad = [s for ss in samples.values() for s in ss if s.error]
     warn_skipped([f"{s.key} ({s.error})" for s in bad], "samples that cannot be used")
     samples = {name: [s for s in ss if not s.error] for name, ss in samples.items()}
@@ -88,14 +75,30 @@ def webdataset_shards(
     position = {c: i for i, c in enumerate(class_names)}
     parts = {name: Part([s.key for s in ss], [position[s.label] for s in ss],
                         [s.hash for s in ss]) for name, ss in samples.items()}
+    return library_bundle(parts, reader, Path(found["train"][0]).parent, class_names,
+                          in_chans, image_size, seed,
+                          {"val": val_fraction, "test": test_fraction}, cache, num_workers)
+
+
+def _samples(found: dict[str, list[str]], exts: list[str], label_key: str, cache: str,
+             cache_dir: str | None):
+    """({split: its samples, keys <shard tag>/<key>}, the reader of their image bytes): the
+    shards' cached indexes and their members by offset, or compressed shards read whole."""
+    files = [f for fs in found.values() for f in fs]
+    compressed = [f for f in files if not f.endswith(".tar")]
+    if compressed and cache != "memory":
+        raise UserError(f"data.cache={cache} reads images from .tar shards by offset, which "
+                        f"compressed shards such as {compressed[0]} do not have: use "
+                        f"data.cache=memory (decoded once into memory) or uncompressed shards")
     if compressed:
-        reader = Memory({s.key: s.data for ss in samples.values() for s in ss})
-    else:
-        reader = TarMembers({tag[f]: f for f in files},
-                            {s.key: (s.offset, s.size) for ss in samples.values() for s in ss})
-    return library_bundle(parts, reader, Path(files[0]).parent, class_names, in_chans,
-                          image_size, seed, {"val": val_fraction, "test": test_fraction}, cache,
-                          num_workers)
+        samples = {name: _stream(name, fs, exts, label_key) for name, fs in found.items()}
+        return samples, Memory({s.key: s.data for ss in samples.values() for s in ss})
+    directory = None if cache == "none" else default_cache_dir(cache_dir)
+    index, tag = index_shards(files, exts, label_key, directory), _shard_tags(files)
+    samples = {name: [s._replace(key=f"{tag[f]}/{s.key}") for f in fs for s in index[f]]
+               for name, fs in found.items()}
+    where = {s.key: (s.offset, s.size) for ss in samples.values() for s in ss}
+    return samples, TarMembers({tag[f]: f for f in files}, where)
 
 
 def _shard_tags(files: list[str]) -> dict[str, str]:
@@ -253,8 +256,9 @@ class _Streamed(NamedTuple):
     error: str | None = None
 
 
-def _stream(key: str, files: list[str], exts: list[str], label_key: str) -> list[_Streamed]:
+def _stream(split: str, files: list[str], exts: list[str], label_key: str) -> list[_Streamed]:
     """Every sample of the shards, read start to end by webdataset (compressed ones too)."""
+    key = {"train": "shards"}.get(split, f"{split}_shards")
     import webdataset as wds
     from tqdm.auto import tqdm
 

@@ -171,6 +171,8 @@ CATALOG = [
     bad("hf-path-missing", "data=hf", "data.path={tmp}/no-such-set", says="does not exist"),
     bad("hf-path-unset", "data=hf", says="data.path must be set"),
     bad("webdataset-no-shards", "data=webdataset", "data.shards={tmp}", says="no .tar shards"),
+    bad("workers-text", "data=image_folder", "data.root={tmp}", "data.num_workers=abc",
+        says="data.num_workers=abc must be an integer"),
     bad("single-class", "data=image_folder", "data.root={images}", "model=linear",
         "trainer.max_epochs=1", make=one_class, says="only one class was found"),
     # models

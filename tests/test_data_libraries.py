@@ -6,8 +6,10 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
+from nnrecipe.data.images import decode_resized
 from nnrecipe.errors import UserError
 
 
@@ -50,12 +52,14 @@ def write_shards(folder, data, labels, per_shard=20, compress=False, broken=(), 
 
 
 def runs_equal(run_train, tmp_path, caches, *overrides):
-    """A 2-epoch run per data.cache value: the metrics, to the last bit, and the split."""
+    """A 2-epoch run per data.cache value (`index+2`: read by 2 DataLoader workers): the
+    metrics, to the last bit, and the split."""
     runs = []
     for cache in caches:
+        cache, _, workers = cache.partition("+")
         run_dir = tmp_path / f"run-{cache}-{len(runs)}"
         run_train(*overrides, f"data.cache={cache}", "model=linear", "trainer.max_epochs=2",
-                  "data.image_size=8", "data.batch_size=8", "data.num_workers=0",
+                  "data.image_size=8", "data.batch_size=8", f"data.num_workers={workers or 0}",
                   run_dir=run_dir)
         runs.append(json.loads((run_dir / "metrics.json").read_text()))
     for run in runs[1:]:
@@ -135,7 +139,7 @@ def test_webdataset_read_by_offset_trains_exactly_as_from_memory(run_train, tmp_
     """data.cache=index (workers read each batch from the tar by offset: any size) and
     data.cache=none give the metrics of the in-memory path, bit for bit."""
     shards = write_shards(tmp_path / "shards", *images(60))
-    runs_equal(run_train, tmp_path, ("memory", "index", "none"), "data=webdataset",
+    runs_equal(run_train, tmp_path, ("memory", "index+2", "none"), "data=webdataset",
                f"data.shards={shards}")
 
 
@@ -170,13 +174,16 @@ def test_shard_index_is_reused_and_redone_only_for_a_changed_shard(tmp_path):
     assert found["train-0001.tar/000025"] == labels[25]
 
 
-def test_broken_sample_is_skipped_once_with_one_warning(tmp_path):
+@pytest.mark.parametrize("compress", [False, True])
+def test_broken_sample_is_skipped_once_with_one_warning(tmp_path, compress):
     from nnrecipe.data.shards import webdataset_shards
 
-    shards = write_shards(tmp_path / "shards", *images(60), broken={7, 33})
-    with pytest.warns(UserWarning, match=r"skipping 2 samples that cannot be used: "
-                                         r"train-0000.tar/000007 \(not a readable image"):
-        bundle = webdataset_shards(str(shards), image_size=8, cache="index",
+    shards = write_shards(tmp_path / "shards", *images(60), broken={7, 33}, compress=compress)
+    name = "train-0000.tar" + (".gz" if compress else "")
+    with pytest.warns(UserWarning, match=rf"skipping 2 samples that cannot be used: "
+                                         rf"{name}/000007 \(not a readable image"):
+        bundle = webdataset_shards(str(shards), image_size=8,
+                                   cache="memory" if compress else "index",
                                    cache_dir=str(tmp_path / "c"))
     assert sum(len(s) for s in bundle.splits.values()) == 58
     assert not any(p.endswith(("000007", "000033")) for s in bundle.splits.values()
@@ -212,3 +219,64 @@ def test_a_sample_in_two_shards_is_a_leak_the_checks_and_the_audit_find(tmp_path
     assert result.status == "FAIL" and "test" in result.measured, result
     pool = build_pool(bundle, thumb_size=8, progress=False)
     assert len(pool.hashes) == 60 and len(set(pool.hashes)) == 30
+
+
+def tar_of(path, members: dict[str, bytes]):
+    import tarfile
+
+    with tarfile.open(path, "w") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+def test_shard_members_are_grouped_as_webdataset_groups_them(tmp_path, monkeypatch):
+    """Keys with folders, members webdataset skips (no extension, ._x, __meta__), zero-padded
+    integer labels; shards past the open-file cap: the index path reads what memory reads."""
+    from nnrecipe.data.shards import TarMembers, webdataset_shards
+
+    data, labels = images(24)
+    (tmp_path / "s").mkdir()
+    for shard in range(3):
+        members = {"LICENSE": b"MIT", "__meta__/info": b"{}", f"._{shard}.png": b"junk"}
+        for i in range(shard * 8, shard * 8 + 8):
+            members[f"dir.v1/{i:04d}.png"] = data[i]
+            members[f"dir.v1/{i:04d}.cls"] = f"0{labels[i]}".encode()
+        tar_of(tmp_path / "s" / f"{shard}.tar", members)
+    monkeypatch.setattr(TarMembers, "OPEN", 2)
+    index = webdataset_shards(str(tmp_path / "s"), image_size=8, cache="index",
+                              cache_dir=str(tmp_path / "c"))
+    memory = webdataset_shards(str(tmp_path / "s"), image_size=8, cache="memory",
+                               cache_dir=str(tmp_path / "c"))
+    assert index.class_names == ["0", "1"] and index.test.paths[0][1:].startswith(".tar/dir.v1/")
+    for name, split in index.splits.items():
+        assert split.paths == memory.splits[name].paths
+        assert split.targets == memory.splits[name].y.tolist()
+        pixels = torch.stack([decode_resized(b, 3, 8) for b in split.read(range(len(split)))])
+        assert torch.equal(pixels.float().div(255), memory.splits[name].x)
+    assert len(index.train.reader.fds) <= 2
+
+
+def test_compressed_shards_of_the_same_name_in_two_folders_stay_apart(tmp_path):
+    from nnrecipe.data.shards import webdataset_shards
+
+    data, labels = images(20)
+    white = io.BytesIO()
+    Image.fromarray(np.full((10, 10, 3), 255, np.uint8)).save(white, "PNG")
+    write_shards(tmp_path / "train", data, labels, compress=True)
+    write_shards(tmp_path / "val", [white.getvalue()] * 20, labels, compress=True)
+    bundle = webdataset_shards(str(tmp_path / "train"), val_shards=str(tmp_path / "val"),
+                               image_size=8, cache="memory")
+    assert bundle.val.paths[0].startswith("val/train-0000.tar.gz/")
+    assert bool((bundle.val.x == 1).all()) and not bool((bundle.train.x == 1).all())
+
+
+def test_a_shard_missing_from_a_brace_pattern_is_named(tmp_path):
+    from nnrecipe.data.shards import webdataset_shards
+
+    write_shards(tmp_path / "s", *images(40))
+    with pytest.raises(UserError, match=r"1 of the 3 shards it names do not exist "
+                                        r"\(e.g. .*train-0002.tar\)"):
+        webdataset_shards(f"{tmp_path}/s/train-{{0000..0002}}.tar", image_size=8)

@@ -24,6 +24,7 @@ import tarfile
 from pathlib import Path
 from typing import NamedTuple
 
+from nnrecipe import runtime
 from nnrecipe.data.encoded import Part, library_bundle
 from nnrecipe.data.index import cache_dir as default_cache_dir
 from nnrecipe.data.index import cache_path, check_cache, load_pickle, save_pickle
@@ -71,9 +72,8 @@ def webdataset_shards(
     samples = {name: [s for s in ss if not s.error] for name, ss in samples.items()}
     if not samples["train"]:
         raise UserError(f"data.shards={shards}: no usable sample in its shards")
-    class_names = _class_names([s.label for ss in samples.values() for s in ss])
-    position = {c: i for i, c in enumerate(class_names)}
-    parts = {name: Part([s.key for s in ss], [position[s.label] for s in ss],
+    class_names, target = _classes([s.label for ss in samples.values() for s in ss])
+    parts = {name: Part([s.key for s in ss], [target(s.label) for s in ss],
                         [s.hash for s in ss]) for name, ss in samples.items()}
     return library_bundle(parts, reader, Path(found["train"][0]).parent, class_names,
                           in_chans, image_size, seed,
@@ -85,20 +85,22 @@ def _samples(found: dict[str, list[str]], exts: list[str], label_key: str, cache
     """({split: its samples, keys <shard tag>/<key>}, the reader of their image bytes): the
     shards' cached indexes and their members by offset, or compressed shards read whole."""
     files = [f for fs in found.values() for f in fs]
+    tag = _shard_tags(files)
     compressed = [f for f in files if not f.endswith(".tar")]
     if compressed and cache != "memory":
         raise UserError(f"data.cache={cache} reads images from .tar shards by offset, which "
                         f"compressed shards such as {compressed[0]} do not have: use "
                         f"data.cache=memory (decoded once into memory) or uncompressed shards")
     if compressed:
-        samples = {name: _stream(name, fs, exts, label_key) for name, fs in found.items()}
+        samples = {name: _stream(name, fs, exts, label_key, tag) for name, fs in found.items()}
         return samples, Memory({s.key: s.data for ss in samples.values() for s in ss})
     directory = None if cache == "none" else default_cache_dir(cache_dir)
-    index, tag = index_shards(files, exts, label_key, directory), _shard_tags(files)
-    samples = {name: [s._replace(key=f"{tag[f]}/{s.key}") for f in fs for s in index[f]]
-               for name, fs in found.items()}
-    where = {s.key: (s.offset, s.size) for ss in samples.values() for s in ss}
-    return samples, TarMembers({tag[f]: f for f in files}, where)
+    index = index_shards(files, exts, label_key, directory)
+    samples, where = {}, {}
+    for name, fs in found.items():
+        samples[name] = [s._replace(key=f"{tag[f]}/{s.key}") for f in fs for s in index[f]]
+        where.update({f"{tag[f]}/{s.key}": (f, s.offset, s.size) for f in fs for s in index[f]})
+    return samples, TarMembers(where)
 
 
 def _shard_tags(files: list[str]) -> dict[str, str]:
@@ -112,7 +114,9 @@ def _shard_tags(files: list[str]) -> dict[str, str]:
 
 
 def urls(key: str, pattern: str) -> list[str]:
-    """The shard files a data.*shards value names, sorted: the same order every run."""
+    """The shard files a data.*shards value names, sorted: the same order every run. Paths are
+    made absolute but links kept (a hub snapshot's train-0000.tar links to a blob named by its
+    hash: the name says what the file is)."""
     import braceexpand
 
     path = Path(pattern).expanduser()
@@ -120,28 +124,43 @@ def urls(key: str, pattern: str) -> list[str]:
         found = sorted(str(p) for p in path.iterdir() if re.search(r"\.(tar|tgz|tar\.gz)$",
                                                                    p.name))
     else:
-        found = [p for p in braceexpand.braceexpand(str(path)) if Path(p).is_file()]
+        named = list(braceexpand.braceexpand(str(path)))
+        found = [p for p in named if Path(p).is_file()]
+        if found and len(found) < len(named):
+            lost = [p for p in named if not Path(p).is_file()]
+            raise UserError(f"data.{key}={pattern}: {len(lost)} of the {len(named)} shards it "
+                            f"names do not exist (e.g. {lost[0]}): fix the pattern or the files")
     if not found:
         raise UserError(f"data.{key}={pattern}: no .tar shards found there")
-    return [str(Path(f).resolve()) for f in found]
+    return [os.path.abspath(f) for f in found]
 
 
 class TarMembers:
     """Keys -> the bytes of their image members, read by offset from the shards (os.pread:
-    no shared file position, so threads and forked workers use the same descriptors)."""
+    no shared file position, so threads and forked workers use the same descriptors). At most
+    OPEN shards stay open per process: ImageNet's 1,282 shards pass a common limit of 1,024."""
 
-    def __init__(self, shards: dict[str, str], where: dict[str, tuple[int, int]]):
-        self.shards = shards  # the tag in a key -> the shard's path
-        self.where, self.fds = where, {}
+    OPEN = 128
+
+    def __init__(self, where: dict[str, tuple[str, int, int]]):
+        self.where = where  # key -> (shard path, offset, size)
+        self.fds: dict[str, int] = {}
 
     def __call__(self, keys: list[str]) -> list[bytes]:
-        return [os.pread(self._fd(key.rsplit("/", 1)[0]), self.where[key][1],
-                         self.where[key][0]) for key in keys]
+        out = []
+        for key in keys:
+            shard, offset, size = self.where[key]
+            out.append(os.pread(self._fd(shard), size, offset))
+        return out
 
     def _fd(self, shard: str) -> int:
-        if shard not in self.fds:
-            self.fds[shard] = os.open(self.shards[shard], os.O_RDONLY)
-        return self.fds[shard]
+        fd = self.fds.pop(shard, None)
+        if fd is None:
+            if len(self.fds) >= self.OPEN:  # the least recently used one
+                os.close(self.fds.pop(next(iter(self.fds))))
+            fd = os.open(shard, os.O_RDONLY)
+        self.fds[shard] = fd  # most recently used last
+        return fd
 
     def __getstate__(self):  # descriptors do not travel to spawned processes: reopened there
         return {**self.__dict__, "fds": {}}
@@ -174,7 +193,7 @@ def index_shards(files: list[str], exts: list[str], label_key: str,
             todo.append((f, stamp))
     bar = tqdm(total=len(todo), desc="indexing shards", unit="shard", disable=None,
                leave=False)
-    workers = min(len(todo), len(os.sched_getaffinity(0)))
+    workers = min(len(todo), runtime.cores())
     for (f, stamp), samples in zip(todo, _map(workers, [(f, exts, label_key) for f, _ in todo]),
                                    strict=True):
         cached[f] = samples
@@ -212,9 +231,9 @@ def _index_shard(job) -> list[Sample]:
     try:
         with tarfile.open(path, "r:") as tar:
             for m in tar:
-                if m.isfile():
-                    key, ext = _split(m.name)
-                    members.setdefault(key, {})[ext] = m
+                parts = _split(m.name) if m.isfile() else None
+                if parts:  # what webdataset skips (no extension, __meta__, ._x) is skipped
+                    members.setdefault(parts[0], {})[parts[1]] = m
     except (tarfile.TarError, OSError) as e:
         raise UserError(f"{path} is not a readable tar file ({type(e).__name__}: {e})") from e
     samples = []
@@ -231,10 +250,17 @@ def _index_shard(job) -> list[Sample]:
     return samples
 
 
-def _split(member: str) -> tuple[str, str]:
-    folder, _, file = member.rpartition("/")
-    stem, _, ext = file.partition(".")
-    return (f"{folder}/{stem}" if folder else stem), ext.lower()
+SAMPLE_MEMBER = re.compile(r"^((?:.*/|)[^.]+)[.]([^/]*)$")  # webdataset's base_plus_ext
+META_MEMBER = re.compile(r"__[^/]*__($|/)")                 # and its skip_meta
+
+
+def _split(member: str) -> tuple[str, str] | None:
+    """(sample key, lower-case extension) of a member name, as webdataset groups them; None for
+    the members it skips."""
+    found = SAMPLE_MEMBER.match(member)
+    if found is None or META_MEMBER.search(member):
+        return None
+    return found.group(1), found.group(2).lower()
 
 
 def _read(f, member: tarfile.TarInfo) -> bytes:
@@ -243,7 +269,7 @@ def _read(f, member: tarfile.TarInfo) -> bytes:
 
 
 def _missing(path, key, no_image: bool, exts, label_key, found) -> str:
-    what = "an image (" + ", ".join(exts) + ")" if no_image else label_key
+    what = "image (." + ", .".join(exts) + ")" if no_image else f".{label_key}"
     return (f"sample {key} in {path} has no {what}: set data.image_key / data.label_key to the "
             f"extensions its files use (it has {', '.join(found)})")
 
@@ -256,29 +282,36 @@ class _Streamed(NamedTuple):
     error: str | None = None
 
 
-def _stream(split: str, files: list[str], exts: list[str], label_key: str) -> list[_Streamed]:
+def _stream(split: str, files: list[str], exts: list[str], label_key: str,
+            tag: dict[str, str]) -> list[_Streamed]:
     """Every sample of the shards, read start to end by webdataset (compressed ones too)."""
-    key = {"train": "shards"}.get(split, f"{split}_shards")
     import webdataset as wds
     from tqdm.auto import tqdm
 
+    from nnrecipe.data.index import decode_check
+
+    key = {"train": "shards"}.get(split, f"{split}_shards")
     out = []
     stream = wds.WebDataset(files, shardshuffle=False, empty_check=False)
     for sample in tqdm(stream, desc=f"reading data.{key}", unit="img", disable=None,
                        leave=False):
         found = [k for k in sample if not k.startswith("__")]
-        image = next((sample[k] for k in exts if k in sample), None)
-        if image is None or label_key not in sample:
+        ext = next((k for k in exts if k in sample), None)
+        if ext is None or label_key not in sample:
             raise UserError(f"data.{key}: " + _missing(sample["__url__"], sample["__key__"],
-                                                       image is None, exts, label_key, found))
-        out.append(_Streamed(f"{Path(sample['__url__']).name}/{sample['__key__']}",
+                                                       ext is None, exts, label_key, found))
+        image = sample[ext]
+        out.append(_Streamed(f"{tag[os.path.abspath(sample['__url__'])]}/{sample['__key__']}",
                              sample[label_key].decode().strip(), image,
-                             hashlib.blake2b(image, digest_size=16).digest()))
+                             hashlib.blake2b(image, digest_size=16).digest(),
+                             decode_check(image, f".{ext}")[0]))
     return out
 
 
-def _class_names(labels: list[str]) -> list[str]:
-    """Integer labels (the convention: key.cls holds "3"): 0..max. Text: sorted names."""
+def _classes(labels: list[str]):
+    """(class names, label text -> class index). Integers (the convention: key.cls holds "3",
+    or "03"): classes 0..max. Text: the sorted names."""
     if all(v.isdigit() for v in labels):
-        return [str(c) for c in range(max(int(v) for v in labels) + 1)]
-    return sorted(set(labels))
+        return [str(c) for c in range(max(int(v) for v in labels) + 1)], int
+    names = sorted(set(labels))
+    return names, {c: i for i, c in enumerate(names)}.__getitem__

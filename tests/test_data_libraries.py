@@ -188,6 +188,12 @@ def test_broken_sample_is_skipped_once_with_one_warning(tmp_path, compress):
     assert sum(len(s) for s in bundle.splits.values()) == 58
     assert not any(p.endswith(("000007", "000033")) for s in bundle.splits.values()
                    for p in s.paths)
+    from nnrecipe.audit.pool import build_pool
+
+    bundle.mean, bundle.std = [0.0] * 3, [1.0] * 3  # what build_data would set: pixels as-is
+    listed = build_pool(bundle, thumb_size=8, progress=False).unreadable  # the audit names them
+    assert [item["path"] for item in listed] == [f"{name}/000007", f"train-0001.tar"
+                                                 f"{'.gz' if compress else ''}/000033"]
 
 
 def test_compressed_shards_need_the_memory_cache(tmp_path):

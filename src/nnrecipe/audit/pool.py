@@ -101,6 +101,7 @@ def _tensor_pool(data: DataBundle, thumb_size: int) -> Pool:
         nonfinite=nonfinite.numpy(),
         channel_mean=train.mean(dim=(0, 2, 3)).tolist(),
         channel_std=train.std(dim=(0, 2, 3)).tolist(),
+        unreadable=[{"split": "unsplit", "index": -1, **item} for item in data.skipped],
     )
 
 
@@ -154,8 +155,10 @@ def _file_pool(data: DataBundle, thumb_size: int, progress: bool) -> Pool:
         sums += chunk["sums"]
         bar.update(len(chunk["images"]))
     bar.close()
-    if files:  # a library's skipped samples: named by build_data's warning
+    if files:
         unreadable += _skipped_files(root, data, {rel for _, _, rel, _ in items})
+    else:  # those the library's source left out (a shard's broken images): in no split
+        unreadable += [{"split": "unsplit", "index": -1, **item} for item in data.skipped]
     count = max(sums[0, 0], 1)
     mean = sums[1] / count
     std = np.sqrt(np.maximum(sums[2] / count - mean**2, 0))

@@ -69,15 +69,18 @@ def webdataset_shards(
     samples, reader = _samples(found, exts, label_key, cache, cache_dir)
     bad = [s for ss in samples.values() for s in ss if s.error]
     warn_skipped([f"{s.key} ({s.error})" for s in bad], "samples that cannot be used")
+    skipped = [{"path": s.key, "label": s.label, "reason": s.error} for s in bad]
     samples = {name: [s for s in ss if not s.error] for name, ss in samples.items()}
     if not samples["train"]:
         raise UserError(f"data.shards={shards}: no usable sample in its shards")
     class_names, target = _classes([s.label for ss in samples.values() for s in ss])
     parts = {name: Part([s.key for s in ss], [target(s.label) for s in ss],
                         [s.hash for s in ss]) for name, ss in samples.items()}
-    return library_bundle(parts, reader, Path(found["train"][0]).parent, class_names,
-                          in_chans, image_size, seed,
-                          {"val": val_fraction, "test": test_fraction}, cache, num_workers)
+    bundle = library_bundle(parts, reader, Path(found["train"][0]).parent, class_names,
+                            in_chans, image_size, seed,
+                            {"val": val_fraction, "test": test_fraction}, cache, num_workers)
+    bundle.skipped = skipped
+    return bundle
 
 
 def _samples(found: dict[str, list[str]], exts: list[str], label_key: str, cache: str,

@@ -116,6 +116,9 @@ class DataBundle:
     # multi-label); class_names then names the K outputs, so num_classes is the output width
     targets: str = "classes"
     split_hash: str | None = None  # identity of the test split (build_data): runs compare on it
+    # samples a library's source left out ({"path": key, "label", "reason"}): the audit lists
+    # them (an image folder's skipped files are found by walking the folder again)
+    skipped: list[dict] = field(default_factory=list)
 
     @property
     def num_classes(self) -> int:

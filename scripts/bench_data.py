@@ -45,9 +45,9 @@ def folder_cfg(root: Path, image_size: int, workers: int, cache: str, cache_dir:
         return OmegaConf.create({"_target_": "nnrecipe.data.shards.webdataset_shards",
                                  "shards": f"{root}-shards", "cache_dir": str(cache_dir),
                                  **common})
-    if source == "hf":  # datasets' Arrow files are its cache: no cache_dir
+    if source == "hf":
         return OmegaConf.create({"_target_": "nnrecipe.data.hf.hf_dataset", "path": f"{root}-hf",
-                                 **common})
+                                 "cache_dir": str(cache_dir), **common})
     return OmegaConf.create({"_target_": "nnrecipe.data.sources.image_folder", "root": str(root),
                              "cache_dir": str(cache_dir), **common})
 
@@ -234,7 +234,7 @@ def report(args) -> None:
         built, reused, kept = {
             "folder": ("index built", "index reused", "pixels from disk"),
             "webdataset": ("shards indexed", "index reused", "decoded again"),
-            "hf": ("Arrow files read", "the same", "decoded again")}[args.source]
+            "hf": ("rows checked", "checks reused", "decoded again")}[args.source]
         print(f"start (build_data, imports {first['imports_s']:.1f} s apart): first "
               f"{first['build_s']:.1f} s ({built}), second {second['build_s']:.2f} s "
               f"({reused}); data.cache=none {none['build_s']:.1f} s")

@@ -286,3 +286,36 @@ def test_a_shard_missing_from_a_brace_pattern_is_named(tmp_path):
     with pytest.raises(UserError, match=r"1 of the 3 shards it names do not exist "
                                         r"\(e.g. .*train-0002.tar\)"):
         webdataset_shards(f"{tmp_path}/s/train-{{0000..0002}}.tar", image_size=8)
+
+
+def test_hf_rows_are_checked_once_broken_images_skipped_and_hashes_kept(tmp_path):
+    """As the folder index does for files: each row hashed and decoded once (cached while the
+    Arrow files are unchanged), a broken image skipped with one warning and named by the
+    audit, the hashes handed to the leakage check."""
+    from datasets import ClassLabel, Dataset, Features
+    from datasets import Image as HFImage
+
+    from nnrecipe.checks.data import split_hashes
+    from nnrecipe.data.hf import hf_dataset
+
+    data, labels = images(30)
+    data[4] = data[4][:30]  # cut short: not decodable
+    features = Features({"image": HFImage(), "label": ClassLabel(names=["dark", "light"])})
+    Dataset.from_dict({"image": [{"bytes": b, "path": None} for b in data], "label": labels},
+                      features=features).save_to_disk(str(tmp_path / "d"))
+    cache = tmp_path / "cache"
+
+    def load():
+        return hf_dataset(str(tmp_path / "d"), image_size=8, cache="index",
+                          cache_dir=str(cache))
+
+    with pytest.warns(UserWarning, match=r"skipping 1 images that cannot be used: train/4 "):
+        bundle = load()
+    assert bundle.skipped[0]["path"] == "train/4" and bundle.skipped[0]["label"] == "dark"
+    assert sum(len(s) for s in bundle.splits.values()) == 29
+    assert split_hashes(bundle.splits)[1] == "the index's hashes"
+    (checked,) = cache.glob("*.hf-image.pkl")
+    written = checked.stat().st_mtime_ns
+    with pytest.warns(UserWarning, match="train/4"):
+        again = load()
+    assert checked.stat().st_mtime_ns == written and again.test.paths == bundle.test.paths

@@ -73,6 +73,29 @@ def cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 
 
+def process_map(fn, jobs, workers: int):
+    """fn over `jobs` (any iterable, consumed as the work goes), the results in order: on
+    `workers` forked processes (decoding images holds the GIL: threads would take turns), in
+    this process when workers < 2. At most two jobs per process are in flight, so a job's input
+    (bytes the parent reads) is read only as it is needed."""
+    if workers < 2:
+        yield from map(fn, jobs)
+        return
+    import multiprocessing as mp
+    from collections import deque
+    from concurrent.futures import ProcessPoolExecutor
+
+    context = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else None
+    with ProcessPoolExecutor(workers, mp_context=context) as pool:
+        pending = deque()
+        for job in jobs:
+            pending.append(pool.submit(fn, job))
+            if len(pending) >= 2 * workers:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
+
 def set_threads(num_threads: int | None, sharing: int = 1) -> int:
     """Use `num_threads` CPU threads (never more than the cores); None: as many as are idle,
     shared by the `sharing` processes of a run on this machine (its local ranks).

@@ -186,9 +186,8 @@ CHUNK = 512  # files per task of the decoding processes
 
 def _decode_all(n: int, sources, train: list[bool], mode: str, size: int, thumb: int):
     """Yield (start, decoded chunk) in order, for items [0, n) whose paths or bytes
-    `sources(start, stop)` gives: on all cores in processes (PIL decodes under the GIL:
-    threads would take turns), in this process for small sets. At most two chunks per
-    process are in flight: a library's bytes are read here only as they are needed."""
+    `sources(start, stop)` gives: on all cores (runtime.process_map), a library's bytes read
+    here only as they are needed."""
     from nnrecipe import runtime
 
     def job(start):
@@ -196,25 +195,9 @@ def _decode_all(n: int, sources, train: list[bool], mode: str, size: int, thumb:
                 thumb)
 
     starts = range(0, n, CHUNK)
-    workers = min(runtime.cores(), len(starts))
-    if workers < 2:
-        for start in starts:
-            yield start, _decode_chunk(job(start))
-        return
-    import multiprocessing as mp
-    from collections import deque
-    from concurrent.futures import ProcessPoolExecutor
-
-    context = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
-    with ProcessPoolExecutor(workers, mp_context=context) as pool:
-        pending = deque()
-        for start in starts:
-            pending.append((start, pool.submit(_decode_chunk, job(start))))
-            if len(pending) >= 2 * workers:
-                first, future = pending.popleft()
-                yield first, future.result()
-        for first, future in pending:
-            yield first, future.result()
+    chunks = runtime.process_map(_decode_chunk, map(job, starts),
+                                 min(runtime.cores(), len(starts)))
+    yield from zip(starts, chunks)
 
 
 def _decode_chunk(job) -> dict:

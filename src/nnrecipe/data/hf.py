@@ -10,10 +10,13 @@ workers read each batch's rows from those (any size); data.cache=memory decodes 
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from nnrecipe.data.encoded import Part, library_bundle
-from nnrecipe.data.index import check_cache
+from nnrecipe.data.index import cache_dir as default_cache_dir
+from nnrecipe.data.index import cache_path, check_cache, check_encoded, load_pickle, save_pickle
+from nnrecipe.data.splits import warn_skipped
 from nnrecipe.errors import UserError
 
 SPLIT_NAMES = {"train": ("train",), "val": ("validation", "valid", "val", "dev"),
@@ -31,24 +34,59 @@ def hf_dataset(
     image_size: int = 32,
     in_chans: int = 3,
     cache: str = "memory",
+    cache_dir: str | None = None,
     num_workers: int | None = None,
 ):
     if path in (None, "", "???"):
         raise UserError("data=hf needs data.path=<hub name or local folder>")
     check_cache(cache)
     dataset = _load(path, name)
-    parts, tables, class_names = {}, {}, None
+    directory = None if cache == "none" else default_cache_dir(cache_dir)
+    parts, tables, skipped, class_names = {}, {}, [], None
     for ours, theirs in SPLIT_NAMES.items():
         found = next((dataset[s] for s in theirs if s in dataset), None)
         if found is not None:
-            parts[ours], tables[ours], class_names = _part(found, ours, image_column,
-                                                           label_column, class_names)
+            part, tables[ours], class_names = _part(found, ours, image_column, label_column,
+                                                    class_names)
+            checks = _checks(found, tables[ours], ours, image_column, path, directory)
+            parts[ours] = _usable(part, checks, class_names, skipped)
     if "train" not in parts:
         raise UserError(f"data.path={path} has no 'train' split (it has {', '.join(dataset)}): "
                         f"nnrecipe trains on 'train' and carves the splits it lacks from it")
-    return library_bundle(parts, Rows(tables, image_column), Path(path), class_names, in_chans,
-                          image_size, seed, {"val": val_fraction, "test": test_fraction}, cache,
-                          num_workers)
+    warn_skipped([f"{s['path']} ({s['reason']})" for s in skipped], "images that cannot be used")
+    bundle = library_bundle(parts, Rows(tables, image_column), Path(path), class_names,
+                            in_chans, image_size, seed,
+                            {"val": val_fraction, "test": test_fraction}, cache, num_workers)
+    bundle.skipped = skipped
+    return bundle
+
+
+def _checks(ds, encoded, split: str, column: str, path: str, directory: Path | None):
+    """(content hash, why not a usable image) per row, as the folder index has per file:
+    computed once over all cores, cached in data.cache_dir while datasets' Arrow files of the
+    split are unchanged (a dataset held only in memory is checked at each start)."""
+    files = [f["filename"] for f in ds.cache_files]
+    stamp = (len(ds), column, [(f, os.stat(f).st_size, os.stat(f).st_mtime_ns) for f in files])
+    cache_file = (cache_path(Path(os.path.abspath(path)) / split, directory, f"hf-{column}")
+                  if directory is not None and files else None)
+    saved = load_pickle(cache_file)
+    if saved and saved["stamp"] == stamp:
+        return saved["checks"]
+    rows = Rows({split: encoded}, column)
+    checks = check_encoded(lambda a, b: rows([f"{split}/{i}" for i in range(a, b)]), len(ds),
+                           f"checking {split} images")
+    if cache_file is not None:
+        save_pickle(cache_file, {"stamp": stamp, "checks": checks})
+    return checks
+
+
+def _usable(part: Part, checks, class_names: list[str], skipped: list[dict]) -> Part:
+    """The part without the rows whose image cannot be used (added to `skipped`)."""
+    keep = [i for i, (_, error) in enumerate(checks) if error is None]
+    skipped += [{"path": part.keys[i], "label": class_names[part.labels[i]], "reason": error}
+                for i, (_, error) in enumerate(checks) if error is not None]
+    return Part([part.keys[i] for i in keep], [part.labels[i] for i in keep],
+                [checks[i][0] for i in keep])
 
 
 def _load(path: str, name: str | None):

@@ -13,11 +13,11 @@ from __future__ import annotations
 import hashlib
 import os
 import pickle
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
+from nnrecipe import runtime
 from nnrecipe.data.images import IMG_EXTENSIONS
 
 VERSION = 1  # bump when Entry changes: an old cache is then rebuilt, never misread
@@ -111,7 +111,6 @@ def read_entries(root: Path, rels: list[str], listing: dict, workers: int) -> di
         return {}
     from tqdm.auto import tqdm
 
-    workers = workers or len(os.sched_getaffinity(0))
     chunk = 256
     # each job carries only its own files' stats: the whole listing, pickled to every job,
     # made the parent the bottleneck at 100k files
@@ -120,19 +119,11 @@ def read_entries(root: Path, rels: list[str], listing: dict, workers: int) -> di
     bar = tqdm(total=len(rels), desc=f"indexing {root.name}/", unit="img", disable=None,
                leave=False)
     out = {}
-    if workers == 1 or len(jobs) == 1:  # a few files: a pool's start costs more than it saves
-        results = map(_read_chunk, jobs)
-        for part in results:
-            out.update(part)
-            bar.update(len(part))
-    else:
-        import multiprocessing as mp
-
-        context = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else None
-        with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=context) as pool:
-            for part in pool.map(_read_chunk, jobs):
-                out.update(part)
-                bar.update(len(part))
+    # one chunk of files: a pool's start costs more than it saves
+    workers = min(workers or runtime.cores(), len(jobs))
+    for part in runtime.process_map(_read_chunk, jobs, workers):
+        out.update(part)
+        bar.update(len(part))
     bar.close()
     return out
 
@@ -166,6 +157,28 @@ def decode_check(data: bytes, suffix: str) -> tuple[str | None, int, int, str]:
     except Exception as e:  # PIL raises many types for bad files; all mean "unusable"
         return f"not a readable image ({type(e).__name__}: {e})", 0, 0, ""
     return None, width, height, mode
+
+
+def check_encoded(read, n: int, desc: str) -> list[tuple[bytes, str | None]]:
+    """(blake2b-128 of the bytes, why they are not a usable image or None) for items [0, n)
+    whose encoded bytes `read(start, stop)` returns: what the index keeps for a file, for a
+    library's rows. Read here, hashed and decoded over all cores, with a progress bar."""
+    from tqdm.auto import tqdm
+
+    starts = range(0, n, 256)
+    bar = tqdm(total=n, desc=desc, unit="img", disable=None, leave=False)
+    out = []
+    jobs = (read(start, min(start + 256, n)) for start in starts)
+    for part in runtime.process_map(_check_chunk, jobs, min(runtime.cores(), len(starts))):
+        out += part
+        bar.update(len(part))
+    bar.close()
+    return out
+
+
+def _check_chunk(chunk: list[bytes]) -> list[tuple[bytes, str | None]]:
+    return [(hashlib.blake2b(data, digest_size=16).digest(), decode_check(data, "")[0])
+            for data in chunk]
 
 
 FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP", ".bmp": "BMP",

@@ -197,7 +197,8 @@ def index_shards(files: list[str], exts: list[str], label_key: str,
     bar = tqdm(total=len(todo), desc="indexing shards", unit="shard", disable=None,
                leave=False)
     workers = min(len(todo), runtime.cores())
-    for (f, stamp), samples in zip(todo, _map(workers, [(f, exts, label_key) for f, _ in todo]),
+    jobs = [(f, exts, label_key) for f, _ in todo]
+    for (f, stamp), samples in zip(todo, runtime.process_map(_index_shard, jobs, workers),
                                    strict=True):
         cached[f] = samples
         if directory is not None:
@@ -206,18 +207,6 @@ def index_shards(files: list[str], exts: list[str], label_key: str,
         bar.update()
     bar.close()
     return cached
-
-
-def _map(workers: int, jobs: list):
-    if workers < 2:
-        yield from map(_index_shard, jobs)
-        return
-    import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor
-
-    context = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else None
-    with ProcessPoolExecutor(workers, mp_context=context) as pool:
-        yield from pool.map(_index_shard, jobs)
 
 
 def _cache_file(shard: str, directory: Path | None) -> Path | None:

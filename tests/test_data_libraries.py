@@ -200,7 +200,7 @@ def test_compressed_shards_need_the_memory_cache(tmp_path):
     from nnrecipe.data.shards import webdataset_shards
 
     shards = write_shards(tmp_path / "shards", *images(40), compress=True)
-    with pytest.raises(UserError, match=r"data.cache=index reads images from .tar shards by "
+    with pytest.raises(UserError, match=r"data.cache=index reads images from local .tar shards by "
                                         r"offset.*train-0000.tar.gz.*data.cache=memory"):
         webdataset_shards(str(shards), image_size=8, cache="index")
     bundle = webdataset_shards(str(shards), image_size=8, cache="memory")
@@ -319,3 +319,21 @@ def test_hf_rows_are_checked_once_broken_images_skipped_and_hashes_kept(tmp_path
     with pytest.warns(UserWarning, match="train/4"):
         again = load()
     assert checked.stat().st_mtime_ns == written and again.test.paths == bundle.test.paths
+
+
+def test_remote_shards_stream_once_into_memory_and_index_says_why_not(tmp_path):
+    """An URL webdataset opens (here `pipe:cat`, which works offline like `pipe:aws s3 cp`):
+    streamed once with data.cache=memory; data.cache=index needs local offsets and says so."""
+    from nnrecipe.data.shards import webdataset_shards
+
+    data, labels = images(40)
+    write_shards(tmp_path / "s", data, labels)
+    pattern = f"pipe:cat {tmp_path}/s/train-{{0000..0001}}.tar"
+    with pytest.raises(UserError, match=r"which remote shards such as pipe:cat .*train-0000.tar "
+                                        r"do not have: use data.cache=memory"):
+        webdataset_shards(pattern, image_size=8, cache="index")
+    remote = webdataset_shards(pattern, image_size=8, cache="memory")
+    local = webdataset_shards(str(tmp_path / "s"), image_size=8, cache="memory")
+    for name, split in remote.splits.items():
+        assert split.paths == local.splits[name].paths and torch.equal(split.x,
+                                                                       local.splits[name].x)

@@ -12,7 +12,9 @@ workers, like files of a folder: shards of any total size, shuffled per sample, 
 over ranks. Why not webdataset's own reader: it streams a shard from start to end, so the
 order is shuffled only within a buffer and the ranks' shares must be made equal by repeating
 samples; random access to an uncompressed tar is a seek (the index is ~40 lines of tarfile).
-Compressed shards (.tar.gz) have no offsets: data.cache=memory decodes them via webdataset.
+Compressed shards (.tar.gz) and remote ones (an URL webdataset opens: https://..., s3://...,
+`pipe:aws s3 cp s3://b/train-{0000..0099}.tar -`) have no offsets: data.cache=memory streams
+them once through webdataset and decodes them into memory.
 """
 
 from __future__ import annotations
@@ -86,15 +88,18 @@ def webdataset_shards(
 def _samples(found: dict[str, list[str]], exts: list[str], label_key: str, cache: str,
              cache_dir: str | None):
     """({split: its samples, keys <shard tag>/<key>}, the reader of their image bytes): the
-    shards' cached indexes and their members by offset, or compressed shards read whole."""
+    shards' cached indexes and their members by offset, or compressed or remote shards read
+    whole."""
     files = [f for fs in found.values() for f in fs]
     tag = _shard_tags(files)
-    compressed = [f for f in files if not f.endswith(".tar")]
-    if compressed and cache != "memory":
-        raise UserError(f"data.cache={cache} reads images from .tar shards by offset, which "
-                        f"compressed shards such as {compressed[0]} do not have: use "
-                        f"data.cache=memory (decoded once into memory) or uncompressed shards")
-    if compressed:
+    streamed = [f for f in files if _remote(f) or not f.endswith(".tar")]
+    if streamed and cache != "memory":
+        what = "remote" if _remote(streamed[0]) else "compressed"
+        raise UserError(f"data.cache={cache} reads images from local .tar shards by offset, "
+                        f"which {what} shards such as {streamed[0]} do not have: use "
+                        f"data.cache=memory (streamed once, decoded into memory), or copy "
+                        f"uncompressed .tar shards to a local or network file system")
+    if streamed:
         samples = {name: _stream(name, fs, exts, label_key, tag) for name, fs in found.items()}
         return samples, Memory({s.key: s.data for ss in samples.values() for s in ss})
     directory = None if cache == "none" else default_cache_dir(cache_dir)
@@ -106,14 +111,28 @@ def _samples(found: dict[str, list[str]], exts: list[str], label_key: str, cache
     return samples, TarMembers(where)
 
 
+def _remote(name: str) -> bool:
+    """An URL for webdataset's gopen (https://, s3://, pipe:...) rather than a local path."""
+    return name.startswith("pipe:") or "://" in name
+
+
 def _shard_tags(files: list[str]) -> dict[str, str]:
     """The name that stands for each shard in sample keys: its file name, or its path under
-    the shards' common folder where names repeat (train/0000.tar and val/0000.tar)."""
-    names = [Path(f).name for f in files]
+    the shards' common folder where names repeat (train/0000.tar and val/0000.tar); repeated
+    names among URLs are numbered in order."""
+    names = [_shard_name(f) for f in files]
     if len(set(names)) == len(names):
         return dict(zip(files, names, strict=True))
+    if any(_remote(f) for f in files):
+        return {f: f"{i:05d}-{n}" for i, (f, n) in enumerate(zip(files, names, strict=True))}
     common = os.path.commonpath(files)
     return {f: Path(f).relative_to(common).as_posix() for f in files}
+
+
+def _shard_name(shard: str) -> str:
+    """x.tar of /d/x.tar, https://h/x.tar or pipe:aws s3 cp s3://b/x.tar -"""
+    token = next((t for t in reversed(shard.split()) if re.search(r"\.(tar|tgz)", t)), shard)
+    return token.rstrip("/").rsplit("/", 1)[-1]
 
 
 def urls(key: str, pattern: str) -> list[str]:
@@ -122,6 +141,8 @@ def urls(key: str, pattern: str) -> list[str]:
     hash: the name says what the file is)."""
     import braceexpand
 
+    if _remote(pattern):  # webdataset opens them; their order is the pattern's
+        return list(braceexpand.braceexpand(pattern))
     path = Path(pattern).expanduser()
     if path.is_dir():
         found = sorted(str(p) for p in path.iterdir() if re.search(r"\.(tar|tgz|tar\.gz)$",
@@ -293,7 +314,9 @@ def _stream(split: str, files: list[str], exts: list[str], label_key: str,
             raise UserError(f"data.{key}: " + _missing(sample["__url__"], sample["__key__"],
                                                        ext is None, exts, label_key, found))
         image = sample[ext]
-        out.append(_Streamed(f"{tag[os.path.abspath(sample['__url__'])]}/{sample['__key__']}",
+        url = sample["__url__"]
+        out.append(_Streamed(f"{tag[url if _remote(url) else os.path.abspath(url)]}/"
+                             f"{sample['__key__']}",
                              sample[label_key].decode().strip(), image,
                              hashlib.blake2b(image, digest_size=16).digest(),
                              decode_check(image, f".{ext}")[0]))

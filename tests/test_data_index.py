@@ -148,7 +148,7 @@ def test_cache_memory_trains_exactly_as_the_file_path(run_train, tmp_path):
     file_run, *memory_runs = runs.values()
     for run in memory_runs:
         assert run["summary"] == file_run["summary"] and run["history"] == file_run["history"]
-    cache_files = list(Path(os.environ["NNRECIPE_CACHE_DIR"]).glob("imgs-*.pixels-3x8.pkl"))
+    cache_files = list(Path(os.environ["NNRECIPE_CACHE_DIR"]).glob("imgs-*.pixels-v*-3x8.pkl"))
     assert len(cache_files) == 1
 
 
@@ -160,3 +160,26 @@ def test_cache_memory_refuses_a_folder_that_does_not_fit(tmp_path, monkeypatch):
     monkeypatch.setattr(memory, "machine_memory", lambda: 2**20)  # a 1 MiB machine
     with pytest.raises(UserError, match="data.cache=memory: 24 images at 64x64 need"):
         build_data(folder_cfg(root, cache="memory", image_size=64), seed=0)
+
+
+def test_16_bit_and_float_images_are_scaled_not_clipped_to_white():
+    """PIL's convert() clips 16-bit pixels at 255: a 16-bit PNG trained as a white image.
+    Training and the audit scale them from their full range."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from nnrecipe.audit.pool import _decode
+    from nnrecipe.data.images import decode_resized
+
+    ramp = (np.arange(32 * 32).reshape(32, 32) * 64).astype(np.uint16)  # 0 .. 65472
+    grey, float01 = io.BytesIO(), io.BytesIO()
+    Image.fromarray(ramp).save(grey, "PNG")
+    Image.fromarray((ramp / 65535).astype(np.float32), "F").save(float01, "TIFF")
+    for data in (grey.getvalue(), float01.getvalue()):
+        for chans in (3, 1):
+            x = decode_resized(data, chans, None, fast=True).float()
+            assert abs(x.mean().item() - ramp.mean() / 257) < 1, x.mean()
+        thumb = _decode(data, "RGB", 32, 32)["thumb"]
+        assert abs(thumb.mean() - ramp.mean() / 257) < 1

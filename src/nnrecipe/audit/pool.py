@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from nnrecipe.data import DataBundle
-from nnrecipe.data.images import is_image_file, unreadable_reason
+from nnrecipe.data.images import converted, is_image_file, unreadable_reason
 
 SPLITS = ("train", "val", "test")
 
@@ -227,7 +227,7 @@ def _decode(source: str | bytes, mode: str, size: int, thumb: int, stats: bool =
     with Image.open(BytesIO(source) if isinstance(source, bytes) else source) as im:
         im.load()
         stored_size, stored_mode = im.size, im.mode
-        pixels = np.asarray(im if im.mode == mode else im.convert(mode))  # as training reads
+        pixels = np.asarray(converted(im, mode))  # as training reads
     pixels = pixels.reshape(pixels.shape[0], pixels.shape[1], -1)
     out = {
         "thumb": _resized(pixels, thumb, Image.BOX).transpose(2, 0, 1),

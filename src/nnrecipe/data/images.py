@@ -74,6 +74,24 @@ def _png_exact(data: bytes, in_chans: int) -> bool:
     return data[25] in ((0, 2, 6) if in_chans == 3 else (0,))
 
 
+# pixel modes wider than 8 bits, and the value that is full scale in each
+WIDE_MODES = {"I;16": 65535, "I;16B": 65535, "I;16L": 65535, "I;16N": 65535, "I": 65535,
+              "F": 1.0}
+
+
+def converted(image: Image.Image, mode: str) -> Image.Image:
+    """`image` in PIL mode `mode` ("RGB" or "L"). PIL's own convert clips 16-bit and float
+    pixels to 0..255 (a 16-bit PNG came out 99.6% white): those are scaled from their full
+    range (65535; 1.0 for float) to 8 bits first. The pixels are loaded: the file may close."""
+    image.load()
+    if image.mode in WIDE_MODES:
+        import numpy as np
+
+        pixels = np.asarray(image, dtype=np.float32) * (255 / WIDE_MODES[image.mode])
+        image = Image.fromarray(pixels.clip(0, 255).round().astype(np.uint8), "L")
+    return image if image.mode == mode else image.convert(mode)
+
+
 def _pil_tensor(data: bytes, in_chans: int, size: int | None):
     from io import BytesIO
 
@@ -83,6 +101,6 @@ def _pil_tensor(data: bytes, in_chans: int, size: int | None):
     with Image.open(BytesIO(data)) as image:
         if size is not None and image.format == "JPEG":
             image.draft("RGB" if in_chans == 3 else "L", (size, size))  # never below size
-        image = image.convert("RGB" if in_chans == 3 else "L")
+        image = converted(image, "RGB" if in_chans == 3 else "L")
     pixels = torch.from_numpy(np.array(image, dtype=np.uint8, copy=True))
     return pixels.permute(2, 0, 1).contiguous() if pixels.ndim == 3 else pixels.unsqueeze(0)

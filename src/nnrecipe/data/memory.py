@@ -20,6 +20,9 @@ from nnrecipe.data.index import Index, cache_path, load_pickle, save_pickle
 from nnrecipe.data.splits import DataBundle, FileSplit, TensorSplit
 from nnrecipe.errors import UserError
 
+DECODER = 2  # bump when decoding changes (2: 16-bit images scaled, not clipped): pixels
+# cached by an older decoder are then decoded again, never reused
+
 
 def to_memory(bundle: DataBundle, index: Index | None = None,
               directory: Path | None = None) -> DataBundle:
@@ -64,7 +67,7 @@ def _cached_pixels(like: FileSplit, wanted: dict[str, bytes], chans: int, size: 
     """uint8 [N, C, size, size] holding every file of `wanted` ({path: content hash}) and the
     row of each. Rows whose file changed are decoded again; the tensor is saved when it
     changed. Whole-tensor operations only: 100k per-image tensors cost seconds."""
-    cache_file = (cache_path(like.root, directory, f"pixels-{chans}x{size}")
+    cache_file = (cache_path(like.root, directory, f"pixels-v{DECODER}-{chans}x{size}")
                   if directory is not None else None)
     saved = load_pickle(cache_file) or {"paths": [], "hashes": [], "pixels": None}
     row = {rel: i for i, (rel, h) in enumerate(zip(saved["paths"], saved["hashes"]))

@@ -303,9 +303,12 @@ def tiny(tmp: Path) -> dict:
 
 
 def junk_beside_images(tmp: Path) -> dict:
-    """What copied folders hold: macOS ._ files, .DS_Store, a text file, upper-case suffixes."""
+    """What copied folders hold: macOS ._ files, .DS_Store, a text file, upper-case suffixes,
+    hidden folders (Jupyter's checkpoints, a viewer's thumbnails): no class, no sample."""
     image_folder(tmp)
+    write_images(tmp / "images" / ".ipynb_checkpoints", 2, brightness=120)
     for cls in ("dark", "light"):
+        write_images(tmp / "images" / cls / ".thumbnails", 2, brightness=120)
         (tmp / "images" / cls / "._0.png").write_bytes(b"\x00\x05\x16\x07 AppleDouble")
         (tmp / "images" / cls / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1")
         (tmp / "images" / cls / "README.txt").write_text("labels by hand")

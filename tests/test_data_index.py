@@ -183,3 +183,17 @@ def test_16_bit_and_float_images_are_scaled_not_clipped_to_white():
             assert abs(x.mean().item() - ramp.mean() / 257) < 1, x.mean()
         thumb = _decode(data, "RGB", 32, 32)["thumb"]
         assert abs(thumb.mean() - ramp.mean() / 257) < 1
+
+
+def test_hidden_folders_are_neither_classes_nor_samples(tmp_path):
+    """Jupyter's .ipynb_checkpoints beside the classes, a viewer's .thumbnails inside one:
+    copies and previews, which would add a class or leak copies across splits."""
+    from nnrecipe.audit.pool import build_pool
+
+    root = write_folder(tmp_path / "imgs")
+    write_folder(root / ".ipynb_checkpoints", classes=("cat",), per_class=3)
+    write_folder(root / "cat" / ".thumbnails", classes=("small",), per_class=3)
+    data = build_data(folder_cfg(root), seed=0)
+    assert data.class_names == ["cat", "dog"]
+    assert sum(len(s) for s in data.splits.values()) == 24
+    assert build_pool(data, thumb_size=8, progress=False).unreadable == []

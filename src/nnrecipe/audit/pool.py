@@ -280,7 +280,8 @@ def _skipped_files(root: Path, data: DataBundle, seen: set[str]) -> list[dict]:
             class_dir = folder / name
             if not class_dir.is_dir():
                 continue
-            for path in sorted(p for p in class_dir.rglob("*") if p.is_file()):
+            for path in sorted(p for p in class_dir.rglob("*") if p.is_file() and not any(
+                    part.startswith(".") for part in p.relative_to(class_dir).parts[:-1])):
                 rel = path.relative_to(root).as_posix()
                 if rel in seen or not is_image_file(path):
                     continue

@@ -31,7 +31,9 @@ def image_folder(
     check_cache(cache)
     presplit = (root / "train").is_dir()
     train_dir = root / "train" if presplit else root
-    class_names = sorted(p.name for p in train_dir.iterdir() if p.is_dir())
+    # hidden folders (.ipynb_checkpoints, .git) are no class
+    class_names = sorted(p.name for p in train_dir.iterdir()
+                         if p.is_dir() and not p.name.startswith("."))
     if not class_names:
         raise UserError(
             f"data.root={train_dir} holds no class subfolders: expected "

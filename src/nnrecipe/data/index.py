@@ -81,7 +81,8 @@ def load_index(root: Path, directory: Path | None, workers: int = 0) -> Index:
 
 
 def list_images(root: Path) -> dict[str, tuple[int, int]]:
-    """{relative posix path: (size, mtime_ns)} of the image files under root (any depth).
+    """{relative posix path: (size, mtime_ns)} of the image files under root (any depth), hidden
+    folders left out (.ipynb_checkpoints, .thumbnails: copies and previews, not samples).
     os.scandir: its entries carry the stat on most systems, ~10x faster than Path.rglob+stat."""
     found, stack = {}, [(root, "")]
     while stack:
@@ -89,7 +90,8 @@ def list_images(root: Path) -> dict[str, tuple[int, int]]:
         with os.scandir(folder) as it:
             for e in it:
                 if e.is_dir(follow_symlinks=True):
-                    stack.append((e.path, f"{prefix}{e.name}/"))
+                    if not e.name.startswith("."):
+                        stack.append((e.path, f"{prefix}{e.name}/"))
                 elif _suffix(e.name) in IMG_EXTENSIONS:
                     try:
                         st = e.stat(follow_symlinks=True)

@@ -83,8 +83,9 @@ def _checks(ds, encoded, split: str, column: str, path: str, directory: Path | N
 def _usable(part: Part, checks, class_names: list[str], skipped: list[dict]) -> Part:
     """The part without the rows whose image cannot be used (added to `skipped`)."""
     keep = [i for i, (_, error) in enumerate(checks) if error is None]
-    skipped += [{"path": part.keys[i], "label": class_names[part.labels[i]], "reason": error}
-                for i, (_, error) in enumerate(checks) if error is not None]
+    name = {c: n for c, n in enumerate(class_names)}  # a label out of range: build_data says so
+    skipped += [{"path": part.keys[i], "label": name.get(part.labels[i], str(part.labels[i])),
+                 "reason": error} for i, (_, error) in enumerate(checks) if error is not None]
     return Part([part.keys[i] for i in keep], [part.labels[i] for i in keep],
                 [checks[i][0] for i in keep])
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
 import inspect
 
@@ -153,10 +152,12 @@ def _pixel_sample(split, in_chans: int, size: int, limit: int = 512) -> torch.Te
     if isinstance(split, TensorSplit):
         # decoded from files (data.cache=memory): the file path's sample, the same mean/std
         return split.x if split.paths is None else split.x[::step]
+    from nnrecipe.data.images import decode_resized
+
     # decoded as training decodes them: the same mode, size and resampling
-    sample = dataclasses.replace(split, in_chans=in_chans, image_size=size, mean=None)
-    x, _ = sample.dataset().__getitems__(range(0, len(split), step))
-    return sample.finish(x)
+    x = torch.stack([decode_resized(data, in_chans, size)
+                     for data in split.read(range(0, len(split), step))])
+    return x.float().div_(255)
 
 
 __all__ = ["build_data", "FileSplit", "TensorSplit"]

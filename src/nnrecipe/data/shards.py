@@ -26,6 +26,8 @@ import tarfile
 from pathlib import Path
 from typing import NamedTuple
 
+import numpy as np
+
 from nnrecipe import runtime
 from nnrecipe.data.encoded import Part, library_bundle
 from nnrecipe.data.index import cache_dir as default_cache_dir
@@ -161,28 +163,38 @@ def urls(key: str, pattern: str) -> list[str]:
 
 class TarMembers:
     """Keys -> the bytes of their image members, read by offset from the shards (os.pread:
-    no shared file position, so threads and forked workers use the same descriptors). At most
-    OPEN shards stay open per process: ImageNet's 1,282 shards pass a common limit of 1,024."""
+    no shared file position, so threads and forked workers use the same descriptors). The
+    offsets live in numpy arrays looked up by sorted key, not a dict of 1M tuples that every
+    DataLoader worker would copy as it touches them. At most OPEN shards stay open per
+    process: ImageNet's 1,282 shards pass a common limit of 1,024."""
 
     OPEN = 128
 
     def __init__(self, where: dict[str, tuple[str, int, int]]):
-        self.where = where  # key -> (shard path, offset, size)
-        self.fds: dict[str, int] = {}
+        keys = np.array([k.encode() for k in where], dtype=np.bytes_)  # key -> (shard, offset,
+        order = np.argsort(keys)                                         #         size)
+        self.keys = keys[order]
+        self.shards = sorted({shard for shard, _, _ in where.values()})
+        number = {shard: i for i, shard in enumerate(self.shards)}
+        columns = np.array([(number[s], o, n) for s, o, n in where.values()], dtype=np.int64)
+        self.members = columns.reshape(-1, 3)[order]  # [N, (shard, offset, size)]
+        self.fds: dict[int, int] = {}
 
     def __call__(self, keys: list[str]) -> list[bytes]:
-        out = []
-        for key in keys:
-            shard, offset, size = self.where[key]
-            out.append(os.pread(self._fd(shard), size, offset))
-        return out
+        wanted = np.array([k.encode() for k in keys], dtype=np.bytes_)
+        at = np.searchsorted(self.keys, wanted).clip(max=len(self.keys) - 1)
+        if not bool((self.keys[at] == wanted).all()):
+            missing = wanted[self.keys[at] != wanted][0].decode()
+            raise KeyError(f"{missing} is in no indexed shard")
+        return [os.pread(self._fd(int(shard)), int(size), int(offset))
+                for shard, offset, size in self.members[at]]
 
-    def _fd(self, shard: str) -> int:
+    def _fd(self, shard: int) -> int:
         fd = self.fds.pop(shard, None)
         if fd is None:
             if len(self.fds) >= self.OPEN:  # the least recently used one
                 os.close(self.fds.pop(next(iter(self.fds))))
-            fd = os.open(shard, os.O_RDONLY)
+            fd = os.open(self.shards[shard], os.O_RDONLY)
         self.fds[shard] = fd  # most recently used last
         return fd
 

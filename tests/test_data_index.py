@@ -197,3 +197,19 @@ def test_hidden_folders_are_neither_classes_nor_samples(tmp_path):
     assert data.class_names == ["cat", "dog"]
     assert sum(len(s) for s in data.splits.values()) == 24
     assert build_pool(data, thumb_size=8, progress=False).unreadable == []
+
+
+def test_the_run_log_says_what_the_data_is_and_what_the_index_did(tmp_path, caplog):
+    import logging
+
+    root = write_folder(tmp_path / "imgs")
+    cfg = folder_cfg(root, cache_dir=str(tmp_path / "c"))
+    lines = []
+    for _ in range(2):
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="nnrecipe"):
+            build_data(cfg.copy(), seed=0)
+        lines += [r.getMessage() for r in caplog.records if r.getMessage().startswith("data:")]
+    assert "24 samples (train 12 · val 6 · test 6), 2 classes, 3x8x8 images" in lines[0]
+    assert "index built: 24 of 24 files read" in lines[0]
+    assert "index reused: 0 of 24 files read" in lines[1]

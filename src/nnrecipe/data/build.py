@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import logging
+import time
 
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -11,6 +13,8 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from nnrecipe import runtime
 from nnrecipe.data.splits import DataBundle, FileSplit, TensorSplit, split_hash
 from nnrecipe.errors import UserError, instantiate
+
+log = logging.getLogger("nnrecipe")
 
 # Keys build_data itself uses, whatever the source: they are never handed to a source that does
 # not take them (a source's own keys are its arguments; anything else is a mistake to report).
@@ -30,6 +34,7 @@ def build_data(cfg: DictConfig, seed: int, device: torch.device | str = "cpu") -
     if cfg.get("batch_size", 1) <= 0:
         raise UserError(f"data.batch_size must be positive, got {cfg.batch_size}")
     split_seed = cfg.get("split_seed", 0)
+    started = time.perf_counter()
     bundle: DataBundle = instantiate(_source_config(cfg), "data", seed=split_seed)
     bundle.batch_size = cfg.batch_size
     bundle.num_workers = _workers(bundle.num_workers)
@@ -45,6 +50,7 @@ def build_data(cfg: DictConfig, seed: int, device: torch.device | str = "cpu") -
         else:
             split.in_chans, split.image_size = bundle.in_chans, bundle.image_size
             split.mean, split.std = bundle.mean, bundle.std
+    log.info("data: %s (%.1f s)", bundle.describe(), time.perf_counter() - started)
     with open_dict(cfg):
         cfg.num_classes = bundle.num_classes
         cfg.in_chans = bundle.in_chans

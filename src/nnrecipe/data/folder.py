@@ -57,12 +57,21 @@ def image_folder(
                         hashes=[index.entries[r].hash for r, _ in members[n]])
               for n in ("train", "val", "test")]
     bundle = DataBundle(*splits, class_names=class_names, in_chans=in_chans,
-                        image_size=image_size, num_workers=num_workers)
+                        image_size=image_size, num_workers=num_workers,
+                        read_note=_read_note(index))
     if cache == "memory":
         from nnrecipe.data.memory import to_memory
 
         bundle = to_memory(bundle, index, directory)
     return bundle
+
+
+def _read_note(index) -> str:
+    if index.cache_file is None:
+        return f"{len(index.entries):,} files read (data.cache=none: no index kept)"
+    done = "built" if index.reread == len(index.entries) else "reused"
+    return (f"index {done}: {index.reread:,} of {len(index.entries):,} files read "
+            f"({index.cache_file})")
 
 
 def _check_root(root) -> Path:

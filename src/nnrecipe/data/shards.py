@@ -70,7 +70,7 @@ def webdataset_shards(
              "test": ("test_shards", test_shards)}
     found = {name: urls(key, pattern) for name, (key, pattern) in given.items() if pattern}
     exts = [e.strip().lower() for e in image_key.split(";")]
-    samples, reader = _samples(found, exts, label_key, cache, cache_dir)
+    samples, reader, note = _samples(found, exts, label_key, cache, cache_dir)
     bad = [s for ss in samples.values() for s in ss if s.error]
     warn_skipped([f"{s.key} ({s.error})" for s in bad], "samples that cannot be used")
     skipped = [{"path": s.key, "label": s.label, "reason": s.error} for s in bad]
@@ -84,14 +84,15 @@ def webdataset_shards(
                             in_chans, image_size, seed,
                             {"val": val_fraction, "test": test_fraction}, cache, num_workers)
     bundle.skipped = skipped
+    bundle.read_note = note
     return bundle
 
 
 def _samples(found: dict[str, list[str]], exts: list[str], label_key: str, cache: str,
              cache_dir: str | None):
-    """({split: its samples, keys <shard tag>/<key>}, the reader of their image bytes): the
-    shards' cached indexes and their members by offset, or compressed or remote shards read
-    whole."""
+    """({split: its samples, keys <shard tag>/<key>}, the reader of their image bytes, what
+    was done): the shards' cached indexes and their members by offset, or compressed or
+    remote shards read whole."""
     files = [f for fs in found.values() for f in fs]
     tag = _shard_tags(files)
     streamed = [f for f in files if _remote(f) or not f.endswith(".tar")]
@@ -103,14 +104,16 @@ def _samples(found: dict[str, list[str]], exts: list[str], label_key: str, cache
                         f"uncompressed .tar shards to a local or network file system")
     if streamed:
         samples = {name: _stream(name, fs, exts, label_key, tag) for name, fs in found.items()}
-        return samples, Memory({s.key: s.data for ss in samples.values() for s in ss})
+        reader = Memory({s.key: s.data for ss in samples.values() for s in ss})
+        return samples, reader, f"{len(files)} shards streamed"
     directory = None if cache == "none" else default_cache_dir(cache_dir)
-    index = index_shards(files, exts, label_key, directory)
+    index, indexed = index_shards(files, exts, label_key, directory)
     samples, where = {}, {}
     for name, fs in found.items():
         samples[name] = [s._replace(key=f"{tag[f]}/{s.key}") for f in fs for s in index[f]]
         where.update({f"{tag[f]}/{s.key}": (f, s.offset, s.size) for f in fs for s in index[f]})
-    return samples, TarMembers(where)
+    return samples, TarMembers(where), (f"{len(files)} shards: {indexed} indexed, "
+                                        f"{len(files) - indexed} from the cache")
 
 
 def _remote(name: str) -> bool:
@@ -213,9 +216,10 @@ class Memory:
 
 
 def index_shards(files: list[str], exts: list[str], label_key: str,
-                 directory: Path | None) -> dict[str, list[Sample]]:
-    """{shard: its samples}: from the cache where the shard's size and mtime match, indexed
-    afresh (one process per shard, all cores, a progress bar) otherwise."""
+                 directory: Path | None) -> tuple[dict[str, list[Sample]], int]:
+    """({shard: its samples}, how many shards were indexed now): from the cache where the
+    shard's size and mtime match, indexed afresh (one process per shard, all cores, a
+    progress bar) otherwise."""
     from tqdm.auto import tqdm
 
     cached, todo = {}, []
@@ -239,7 +243,7 @@ def index_shards(files: list[str], exts: list[str], label_key: str,
                                                     "samples": [tuple(s) for s in samples]})
         bar.update()
     bar.close()
-    return cached
+    return cached, len(todo)
 
 
 def _cache_file(shard: str, directory: Path | None) -> Path | None:

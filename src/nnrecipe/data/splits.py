@@ -130,6 +130,7 @@ class DataBundle:
     # samples a library's source left out ({"path": key, "label", "reason"}): the audit lists
     # them (an image folder's skipped files are found by walking the folder again)
     skipped: list[dict] = field(default_factory=list)
+    read_note: str = ""  # what the source did to get them ("index reused: 0 of 24 files read")
 
     @property
     def num_classes(self) -> int:
@@ -142,6 +143,20 @@ class DataBundle:
     @property
     def in_memory(self) -> bool:
         return isinstance(self.train, TensorSplit)
+
+    def describe(self) -> str:
+        """One line: sizes, classes, shape, how batches are made and what the source did."""
+        sizes = " · ".join(f"{name} {len(split):,}" for name, split in self.splits.items())
+        n = self.num_classes
+        what = {"classes": f"{n} classes", "values": f"{n} target value(s)",
+                "labels": f"{n} labels"}.get(self.targets, f"{n} {self.targets}")
+        shape = (f"{self.in_chans} features" if self.image_size == 1  # a table's rows
+                 else f"{self.in_chans}x{self.image_size}x{self.image_size} images")
+        how = ("in memory" if self.in_memory
+               else f"read by {self.num_workers} DataLoader worker(s)")
+        note = f"; {self.read_note}" if self.read_note else ""
+        return (f"{sum(len(s) for s in self.splits.values()):,} samples ({sizes}), {what}, "
+                f"{shape}, {how}{note}")
 
     def denormalize(self, x: torch.Tensor) -> torch.Tensor:
         """Normalised batch -> pixel values in [0, 1], for pictures and pixel-space augmentation."""

@@ -213,3 +213,14 @@ def test_the_run_log_says_what_the_data_is_and_what_the_index_did(tmp_path, capl
     assert "24 samples (train 12 · val 6 · test 6), 2 classes, 3x8x8 images" in lines[0]
     assert "index built: 24 of 24 files read" in lines[0]
     assert "index reused: 0 of 24 files read" in lines[1]
+
+
+def test_a_file_name_that_is_not_utf8_is_read_like_any_other(tmp_path):
+    """Linux file names are bytes: one that is not UTF-8 reaches Python with surrogates."""
+    root = write_folder(tmp_path / "imgs")
+    odd = os.fsencode(root / "cat") + b"/caf\xe9.png"  # Latin-1, as old cameras wrote
+    os.rename(root / "cat" / "0.png", odd)
+    data = build_data(folder_cfg(root), seed=0)
+    split = next(s for s in data.splits.values() if "caf\udce9.png" in "".join(s.paths))
+    at = next(i for i, p in enumerate(split.paths) if p.endswith("caf\udce9.png"))
+    assert split.read([at])[0] == open(odd, "rb").read() and data.split_hash

@@ -174,7 +174,7 @@ class TarMembers:
     OPEN = 128
 
     def __init__(self, where: dict[str, tuple[str, int, int]]):
-        keys = np.array([k.encode() for k in where], dtype=np.bytes_)  # key -> (shard, offset,
+        keys = np.array([_bytes(k) for k in where], dtype=np.bytes_)  # key -> (shard, offset,
         order = np.argsort(keys)                                         #         size)
         self.keys = keys[order]
         self.shards = sorted({shard for shard, _, _ in where.values()})
@@ -184,10 +184,10 @@ class TarMembers:
         self.fds: dict[int, int] = {}
 
     def __call__(self, keys: list[str]) -> list[bytes]:
-        wanted = np.array([k.encode() for k in keys], dtype=np.bytes_)
+        wanted = np.array([_bytes(k) for k in keys], dtype=np.bytes_)
         at = np.searchsorted(self.keys, wanted).clip(max=len(self.keys) - 1)
         if not bool((self.keys[at] == wanted).all()):
-            missing = wanted[self.keys[at] != wanted][0].decode()
+            missing = wanted[self.keys[at] != wanted][0].decode(errors="surrogateescape")
             raise KeyError(f"{missing} is in no indexed shard")
         return [os.pread(self._fd(int(shard)), int(size), int(offset))
                 for shard, offset, size in self.members[at]]
@@ -203,6 +203,10 @@ class TarMembers:
 
     def __getstate__(self):  # descriptors do not travel to spawned processes: reopened there
         return {**self.__dict__, "fds": {}}
+
+
+def _bytes(key: str) -> bytes:
+    return key.encode(errors="surrogateescape")  # a tar member name that is not UTF-8
 
 
 class Memory:

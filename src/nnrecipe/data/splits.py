@@ -54,7 +54,8 @@ class FileSplit:
 
     def read(self, indices) -> list[bytes]:
         """The encoded bytes of the samples at `indices`."""
-        keys = [k.decode() for k in self.packed[0][np.asarray(indices, dtype=np.int64)]]
+        keys = [k.decode(errors="surrogateescape")  # file names that are not UTF-8: as listed
+                for k in self.packed[0][np.asarray(indices, dtype=np.int64)]]
         if self.reader is not None:
             return self.reader(keys)
         return [(self.root / k).read_bytes() for k in keys]
@@ -65,7 +66,8 @@ class FileSplit:
         read. A Python list of 700k str objects is copied page by page into every forked worker
         as their reference counts change (+87 MB per worker over one epoch, measured); numpy
         buffers are only read, so they stay shared."""
-        return (np.array([k.encode() for k in self.paths], dtype=np.bytes_),
+        return (np.array([k.encode(errors="surrogateescape") for k in self.paths],
+                         dtype=np.bytes_),
                 np.asarray(self.targets, dtype=np.int64))
 
     @property
@@ -184,7 +186,7 @@ def split_hash(split: TensorSplit | FileSplit) -> str:
         h.update(y.contiguous().numpy().tobytes())
     else:
         for path, target in zip(split.paths, split.labels.tolist(), strict=True):
-            h.update(f"{path}\t{target}\n".encode())
+            h.update(f"{path}\t{target}\n".encode(errors="surrogateescape"))
     return h.hexdigest()
 
 

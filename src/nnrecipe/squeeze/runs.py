@@ -188,7 +188,7 @@ def split_fingerprint(split) -> str:
         h.update(split.y.cpu().numpy().tobytes())
         h.update(split.x.detach().cpu().float().numpy().tobytes())
     else:
-        h.update("\n".join(map(str, split.paths)).encode())
+        h.update("\n".join(map(str, split.paths)).encode(errors="surrogateescape"))
         h.update(str(list(split.targets)).encode())
     return h.hexdigest()[:16]
 

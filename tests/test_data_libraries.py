@@ -319,6 +319,8 @@ def test_hf_rows_are_checked_once_broken_images_skipped_and_hashes_kept(tmp_path
     with pytest.warns(UserWarning, match="train/4"):
         again = load()
     assert checked.stat().st_mtime_ns == written and again.test.paths == bundle.test.paths
+    assert bundle.read_note == "rows checked: 30 of 30"  # the run log's data line says so
+    assert again.read_note == "rows checked: 0 of 30 (the others from the cache)"
 
 
 def test_remote_shards_stream_once_into_memory_and_index_says_why_not(tmp_path):

@@ -42,14 +42,15 @@ def hf_dataset(
     check_cache(cache)
     dataset = _load(path, name)
     directory = None if cache == "none" else default_cache_dir(cache_dir)
-    parts, tables, skipped, class_names = {}, {}, [], None
+    parts, tables, skipped, class_names, checked = {}, {}, [], None, 0
     for ours, theirs in SPLIT_NAMES.items():
         found = next((dataset[s] for s in theirs if s in dataset), None)
         if found is not None:
             part, tables[ours], class_names = _part(found, ours, image_column, label_column,
                                                     class_names)
-            checks = _checks(found, tables[ours], ours, image_column, path, directory)
+            checks, fresh = _checks(found, tables[ours], ours, image_column, path, directory)
             parts[ours] = _usable(part, checks, class_names, skipped)
+            checked += len(checks) if fresh else 0
     if "train" not in parts:
         raise UserError(f"data.path={path} has no 'train' split (it has {', '.join(dataset)}): "
                         f"nnrecipe trains on 'train' and carves the splits it lacks from it")
@@ -58,26 +59,30 @@ def hf_dataset(
                             in_chans, image_size, seed,
                             {"val": val_fraction, "test": test_fraction}, cache, num_workers)
     bundle.skipped = skipped
+    rows = sum(len(t) for t in tables.values())
+    bundle.read_note = (f"rows checked: {checked:,} of {rows:,}"
+                        + (" (the others from the cache)" if checked < rows else ""))
     return bundle
 
 
 def _checks(ds, encoded, split: str, column: str, path: str, directory: Path | None):
-    """(content hash, why not a usable image) per row, as the folder index has per file:
-    computed once over all cores, cached in data.cache_dir while datasets' Arrow files of the
-    split are unchanged (a dataset held only in memory is checked at each start)."""
+    """([(content hash, why not a usable image) per row], whether they were computed now), as
+    the folder index has per file: computed once over all cores, cached in data.cache_dir while
+    datasets' Arrow files of the split are unchanged (a dataset held only in memory is checked
+    at each start)."""
     files = [f["filename"] for f in ds.cache_files]
     stamp = (len(ds), column, [(f, os.stat(f).st_size, os.stat(f).st_mtime_ns) for f in files])
     cache_file = (cache_path(Path(os.path.abspath(path)) / split, directory, f"hf-{column}")
                   if directory is not None and files else None)
     saved = load_pickle(cache_file)
     if saved and saved["stamp"] == stamp:
-        return saved["checks"]
+        return saved["checks"], False
     rows = Rows({split: encoded}, column)
     checks = check_encoded(lambda a, b: rows([f"{split}/{i}" for i in range(a, b)]), len(ds),
                            f"checking {split} images")
     if cache_file is not None:
         save_pickle(cache_file, {"stamp": stamp, "checks": checks})
-    return checks
+    return checks, True
 
 
 def _usable(part: Part, checks, class_names: list[str], skipped: list[dict]) -> Part:

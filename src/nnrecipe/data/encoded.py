@@ -15,7 +15,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from nnrecipe.data.index import check_cache
 from nnrecipe.data.splits import DataBundle, FileSplit
 
 
@@ -25,7 +24,7 @@ class Part:
 
     keys: list[str]
     labels: list[int]
-    hashes: list[bytes] | None = None  # content hash per sample, where an index has them
+    hashes: list[bytes]  # content hash per sample (the leakage check's)
 
 
 def library_bundle(parts: dict[str, Part], reader: Callable[[list[str]], list[bytes]],
@@ -33,16 +32,15 @@ def library_bundle(parts: dict[str, Part], reader: Callable[[list[str]], list[by
                    seed: int, fractions: dict[str, float], cache: str,
                    num_workers: int | None) -> DataBundle:
     """FileSplits over `reader` (keys -> bytes), the missing val/test carved from train; in
-    memory with cache=memory."""
+    memory with cache=memory (`cache`: checked by the source, before it loaded anything)."""
     from nnrecipe.data.sources import stratified_split
 
-    check_cache(cache)
     train = parts["train"]
     missing = [n for n in ("val", "test") if n not in parts]
     train_idx, *carved = stratified_split(train.labels, [fractions[n] for n in missing], seed)
     for name, idx in zip(["train", *missing], [train_idx, *carved], strict=True):
         parts[name] = Part([train.keys[i] for i in idx], [train.labels[i] for i in idx],
-                           None if train.hashes is None else [train.hashes[i] for i in idx])
+                           [train.hashes[i] for i in idx])
     splits = [FileSplit(root, parts[n].keys, parts[n].labels, hashes=parts[n].hashes,
                         reader=reader) for n in ("train", "val", "test")]
     bundle = DataBundle(*splits, class_names=class_names, in_chans=in_chans,

@@ -46,10 +46,10 @@ def hf_dataset(
     for ours, theirs in SPLIT_NAMES.items():
         found = next((dataset[s] for s in theirs if s in dataset), None)
         if found is not None:
-            part, tables[ours], class_names = _part(found, ours, image_column, label_column,
-                                                    class_names)
+            labels, tables[ours], class_names = _labels(found, image_column, label_column,
+                                                        class_names)
             checks, fresh = _checks(found, tables[ours], ours, image_column, path, directory)
-            parts[ours] = _usable(part, checks, class_names, skipped)
+            parts[ours] = _usable(ours, labels, checks, class_names, skipped)
             checked += len(checks) if fresh else 0
     if "train" not in parts:
         raise UserError(f"data.path={path} has no 'train' split (it has {', '.join(dataset)}): "
@@ -85,13 +85,15 @@ def _checks(ds, encoded, split: str, column: str, path: str, directory: Path | N
     return checks, True
 
 
-def _usable(part: Part, checks, class_names: list[str], skipped: list[dict]) -> Part:
-    """The part without the rows whose image cannot be used (added to `skipped`)."""
-    keep = [i for i, (_, error) in enumerate(checks) if error is None]
+def _usable(split: str, labels: list[int], checks, class_names: list[str],
+            skipped: list[dict]) -> Part:
+    """The split's rows (keys `<split>/<row>`) but those whose image cannot be used (added to
+    `skipped`), with their content hashes."""
     name = {c: n for c, n in enumerate(class_names)}  # a label out of range: build_data says so
-    skipped += [{"path": part.keys[i], "label": name.get(part.labels[i], str(part.labels[i])),
+    skipped += [{"path": f"{split}/{i}", "label": name.get(labels[i], str(labels[i])),
                  "reason": error} for i, (_, error) in enumerate(checks) if error is not None]
-    return Part([part.keys[i] for i in keep], [part.labels[i] for i in keep],
+    keep = [i for i, (_, error) in enumerate(checks) if error is None]
+    return Part([f"{split}/{i}" for i in keep], [labels[i] for i in keep],
                 [checks[i][0] for i in keep])
 
 
@@ -122,9 +124,9 @@ def _load(path: str, name: str | None):
         ) from e
 
 
-def _part(ds, split: str, image_column: str, label_column: str, class_names):
-    """The split's keys and labels, and its image column as encoded bytes (decoded by nnrecipe,
-    not PIL via datasets, so that pixels agree with an image folder of the same files)."""
+def _labels(ds, image_column: str, label_column: str, class_names):
+    """The split's labels, its image column as encoded bytes (decoded by nnrecipe, not PIL via
+    datasets, so that pixels agree with an image folder of the same files) and the classes."""
     from datasets import ClassLabel, Image
 
     for key, column in (("image_column", image_column), ("label_column", label_column)):
@@ -145,8 +147,7 @@ def _part(ds, split: str, image_column: str, label_column: str, class_names):
         raise UserError(f"data.image_column={image_column} holds {ds.features[image_column]}, "
                         f"not images")
     encoded = ds.cast_column(image_column, Image(decode=False)).select_columns([image_column])
-    return (Part([f"{split}/{i}" for i in range(len(ds))], list(labels)), encoded,
-            class_names)
+    return list(labels), encoded, class_names
 
 
 class Rows:

@@ -19,6 +19,7 @@ from typing import NamedTuple
 
 from nnrecipe import runtime
 from nnrecipe.data.images import IMG_EXTENSIONS
+from nnrecipe.errors import UserError
 
 VERSION = 1  # bump when Entry changes: an old cache is then rebuilt, never misread
 
@@ -45,8 +46,6 @@ CACHES = ("index", "memory", "none")  # data.cache: how images are kept between 
 
 
 def check_cache(cache: str) -> None:
-    from nnrecipe.errors import UserError
-
     if cache not in CACHES:
         raise UserError(f"data.cache={cache} must be one of {', '.join(CACHES)}")
 
@@ -146,6 +145,12 @@ def read_entry(path: Path, size: int, mtime_ns: int) -> Entry:
     return Entry(size, mtime_ns, digest, error, *image)
 
 
+def checked(data: bytes, suffix: str = "") -> tuple[bytes, str | None]:
+    """(blake2b-128 of the bytes: the leakage check's content hash, why they are not a usable
+    image or None): what every index keeps per sample, for files, shard members and rows."""
+    return hashlib.blake2b(data, digest_size=16).digest(), decode_check(data, suffix)[0]
+
+
 def decode_check(data: bytes, suffix: str) -> tuple[str | None, int, int, str]:
     """(why the bytes cannot be used as an image or None, width, height, mode)."""
     if not data:
@@ -179,8 +184,7 @@ def check_encoded(read, n: int, desc: str) -> list[tuple[bytes, str | None]]:
 
 
 def _check_chunk(chunk: list[bytes]) -> list[tuple[bytes, str | None]]:
-    return [(hashlib.blake2b(data, digest_size=16).digest(), decode_check(data, "")[0])
-            for data in chunk]
+    return [checked(data) for data in chunk]
 
 
 FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP", ".bmp": "BMP",

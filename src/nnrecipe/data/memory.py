@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from nnrecipe import runtime
 from nnrecipe.data.index import Index, cache_path, load_pickle, save_pickle
 from nnrecipe.data.splits import DataBundle, FileSplit, TensorSplit
 from nnrecipe.errors import UserError
@@ -95,14 +96,13 @@ def decode(split: FileSplit, chans: int, size: int) -> torch.Tensor:
 
     from nnrecipe.data.batches import loader_options
 
-    # all cores; a few thousand images: workers cost more than they save
-    workers = len(os.sched_getaffinity(0)) if len(split) > 2048 else 0
-    if workers > 1:
+    # all cores; one core, or a few thousand images: workers cost more than they save
+    workers = runtime.cores() if len(split) > 2048 and runtime.cores() > 1 else 0
+    if workers:
         import torchvision.io  # noqa: F401  (imported once, before the workers fork)
     split = dataclasses.replace(split, in_chans=chans, image_size=size)
-    workers = workers if workers > 1 else 0  # one core: no worker to wait for
     options = loader_options(None, workers) | {"persistent_workers": False}
-    loader = DataLoader(split.dataset(fast=workers > 1), batch_size=256,
+    loader = DataLoader(split.dataset(fast=workers > 0), batch_size=256,
                         generator=torch.Generator(), **options)  # not the global RNG
     name = split.root.name or str(split.root)
     return torch.cat([x for x, _ in tqdm(loader, desc=f"decoding {name} into memory",

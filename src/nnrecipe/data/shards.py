@@ -19,7 +19,6 @@ them once through webdataset and decodes them into memory.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import tarfile
@@ -31,7 +30,7 @@ import numpy as np
 from nnrecipe import runtime
 from nnrecipe.data.encoded import Part, library_bundle
 from nnrecipe.data.index import cache_dir as default_cache_dir
-from nnrecipe.data.index import cache_path, check_cache, load_pickle, save_pickle
+from nnrecipe.data.index import cache_path, check_cache, checked, load_pickle, save_pickle
 from nnrecipe.data.splits import warn_skipped
 from nnrecipe.errors import UserError
 
@@ -257,8 +256,6 @@ def _cache_file(shard: str, directory: Path | None) -> Path | None:
 def _index_shard(job) -> list[Sample]:
     """One shard's samples, in the tar's order: webdataset's grouping (a sample is the run of
     members whose names agree up to the first dot of the file name; lower-case extensions)."""
-    from nnrecipe.data.index import decode_check
-
     path, exts, label_key = job
     members: dict[str, dict[str, tarfile.TarInfo]] = {}
     try:
@@ -276,10 +273,8 @@ def _index_shard(job) -> list[Sample]:
             if image is None or label_key not in found:
                 raise UserError(_missing(path, key, image is None, exts, label_key, found))
             label = _read(f, found[label_key]).decode().strip()
-            data = _read(f, image)
-            error = decode_check(data, "." + image.name.rsplit(".", 1)[-1].lower())[0]
-            samples.append(Sample(key, label, image.offset_data, image.size,
-                                  hashlib.blake2b(data, digest_size=16).digest(), error))
+            digest, error = checked(_read(f, image), "." + image.name.rsplit(".", 1)[-1].lower())
+            samples.append(Sample(key, label, image.offset_data, image.size, digest, error))
     return samples
 
 
@@ -321,8 +316,6 @@ def _stream(split: str, files: list[str], exts: list[str], label_key: str,
     import webdataset as wds
     from tqdm.auto import tqdm
 
-    from nnrecipe.data.index import decode_check
-
     key = {"train": "shards"}.get(split, f"{split}_shards")
     out = []
     stream = wds.WebDataset(files, shardshuffle=False, empty_check=False)
@@ -336,10 +329,8 @@ def _stream(split: str, files: list[str], exts: list[str], label_key: str,
         image = sample[ext]
         url = sample["__url__"]
         out.append(_Streamed(f"{tag[url if _remote(url) else os.path.abspath(url)]}/"
-                             f"{sample['__key__']}",
-                             sample[label_key].decode().strip(), image,
-                             hashlib.blake2b(image, digest_size=16).digest(),
-                             decode_check(image, f".{ext}")[0]))
+                             f"{sample['__key__']}", sample[label_key].decode().strip(),
+                             image, *checked(image, f".{ext}")))
     return out
 
 

@@ -93,6 +93,7 @@ class ImageFiles(Dataset):
 
     def __init__(self, split: FileSplit, fast: bool = False):
         self.split, self.fast = split, fast  # fast: torchvision's PNG decoder (see images.py)
+        split.packed  # noqa: B018  packed here, in the parent: the forked workers share it
 
     def __len__(self) -> int:
         return len(self.split)
